@@ -1,0 +1,67 @@
+"""Masked image modelling as ``SupervisedTrainer`` + a ``PrepareBatch`` (paper eq. 8–9).
+
+The trainer's step stays MONAI's: ``prepare_batch`` moves the batch to the device, draws the spatial-frequency
+dual masks there (``BatchedDualDomainMask``) and returns ``(dual_masked_image, original_image)``; the network
+reconstructs the original from the masked input and the loss (L1 + λ·FFL) compares them.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import torch
+
+from monai.data import MetaTensor
+from monai.engines.utils import PrepareBatch
+
+__all__ = ["DualMaskPrepareBatch"]
+
+
+class DualMaskPrepareBatch(PrepareBatch):
+    """Return ``(masked, original)`` for a batch dict whose ``image_key`` holds ``(B, C, H, W)`` images in [0, 1].
+
+    Args:
+        masker: a callable ``masker(images, generator=...) -> masked`` such as
+            ``usfm_monai.transforms.BatchedDualDomainMask``; it runs on the batch's device.
+        image_key: batch key of the images.
+        seed: seed of the mask generator.
+        deterministic: draw the same masks every time a batch is seen (validation): the generator is re-seeded
+            from ``seed`` and the batch's file names (``MetaTensor`` metadata), so every validation pass and
+            every rank masks an image identically. ``False`` (training): one generator, fresh masks each step.
+    """
+
+    def __init__(self, masker: Any, image_key: str = "image", seed: int = 0, deterministic: bool = False) -> None:
+        if not callable(masker):
+            raise TypeError(f"masker must be callable, got {type(masker).__name__}.")
+        self.masker = masker
+        self.image_key = image_key
+        self.seed = int(seed)
+        self.deterministic = deterministic
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def _batch_seed(self, images: torch.Tensor) -> int:
+        names = images.meta.get("filename_or_obj") if isinstance(images, MetaTensor) else None
+        text = "|".join(map(str, names)) if isinstance(names, (list, tuple)) else str(names)
+        return (self.seed + zlib.crc32(f"{text}|{tuple(images.shape)}".encode())) % (2**63)
+
+    def __call__(
+        self,
+        batchdata: dict[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(batchdata, dict) or self.image_key not in batchdata:
+            found = list(batchdata) if isinstance(batchdata, dict) else type(batchdata).__name__
+            raise KeyError(f"DualMaskPrepareBatch expects a batch dict with key '{self.image_key}', found {found}.")
+        images = batchdata[self.image_key]
+        if images.ndim != 4:
+            raise ValueError(f"'{self.image_key}' must be (B, C, H, W) images, got shape {tuple(images.shape)}.")
+        generator = self.generator
+        if self.deterministic:
+            generator = torch.Generator().manual_seed(self._batch_seed(images))
+        images = images.to(device=device, non_blocking=non_blocking, **kwargs)
+        with torch.no_grad():
+            masked = self.masker(images, generator=generator)
+        return masked, images
