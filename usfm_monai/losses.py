@@ -22,7 +22,7 @@ def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
             raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(value).__name__}.")
         if value.ndim != 4:
             raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(value.shape)}.")
-        if not (value.is_floating_point() or value.is_complex()):
+        if not value.is_floating_point():
             raise TypeError(f"{name} must be a floating point tensor, got dtype {value.dtype}.")
     if pred.shape != target.shape:
         raise ValueError(

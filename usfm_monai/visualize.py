@@ -52,9 +52,7 @@ def reconstruction_figure(
     Every argument is a sequence (one entry per row) of 2-D images ``(H, W)`` or ``(1, H, W)``; intensities in
     ``[0, 1]`` are shown as gray levels in that range. Returns an RGB ``uint8`` array ``(H_fig, W_fig, 3)``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     rows = len(original)
@@ -84,9 +82,10 @@ def reconstruction_figure(
                 ax.set_title(RECONSTRUCTION_COLUMNS[c], fontsize=8)
         if titles is not None:
             axes[r, 0].set_ylabel(str(titles[r]), fontsize=7)
+    canvas = FigureCanvasAgg(fig)  # draws off-screen: no display or pyplot state involved
     fig.tight_layout()
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def save_png_atomic(rgb: np.ndarray, path: str) -> str:

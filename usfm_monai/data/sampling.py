@@ -185,7 +185,8 @@ def create_sampler(
     length = len(data)
     if length == 0:
         raise ValueError("data must contain at least one item, got an empty dataset.")
-    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1):
+    bad_count = isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1
+    if num_samples is not None and bad_count:
         raise ValueError(f"num_samples must be a positive int or None, got {num_samples!r}.")
     use_dist = _use_distributed(distributed, num_replicas, rank)
 

@@ -1,1 +1,5 @@
-"""Re-exports are filled in at integration; import from the defining modules meanwhile."""
+"""MONAI workflow pieces: the masked-image-modelling prepare-batch and the CycleGAN trainer."""
+
+from usfm_monai.engines.prepare_batch import DualMaskPrepareBatch
+
+__all__ = ["DualMaskPrepareBatch"]

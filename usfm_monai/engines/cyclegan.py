@@ -435,25 +435,27 @@ class CycleGANTrainer(Trainer):
         for net in (s.gen_a2b, s.gen_b2a, s.disc_a, s.disc_b):
             net.train()  # an evaluator may have left gen_a2b in eval mode
 
-        # Train the generators with the discriminators frozen, so their .grad stays untouched.
+        # Train the generators with the discriminators frozen, so no gradient is computed for them.
         _set_requires_grad((s.disc_a, s.disc_b), False)
-        s.gen_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        if engine.amp and s.gen_scaler is not None:
-            with torch.autocast("cuda", **engine.amp_kwargs):
+        try:
+            s.gen_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+            if engine.amp and s.gen_scaler is not None:
+                with torch.autocast("cuda", **engine.amp_kwargs):
+                    loss_g = _compute_generator_loss()
+                s.gen_scaler.scale(loss_g).backward()
+                engine.fire_event(AdversarialIterationEvents.GENERATOR_BACKWARD_COMPLETED)
+                s.gen_scaler.step(s.gen_optimizer)
+                s.gen_scaler.update()
+            else:
                 loss_g = _compute_generator_loss()
-            s.gen_scaler.scale(loss_g).backward()
-            engine.fire_event(AdversarialIterationEvents.GENERATOR_BACKWARD_COMPLETED)
-            s.gen_scaler.step(s.gen_optimizer)
-            s.gen_scaler.update()
-        else:
-            loss_g = _compute_generator_loss()
-            loss_g.backward()
-            engine.fire_event(AdversarialIterationEvents.GENERATOR_BACKWARD_COMPLETED)
-            s.gen_optimizer.step()
+                loss_g.backward()
+                engine.fire_event(AdversarialIterationEvents.GENERATOR_BACKWARD_COMPLETED)
+                s.gen_optimizer.step()
+        finally:
+            _set_requires_grad((s.disc_a, s.disc_b), True)
         engine.fire_event(AdversarialIterationEvents.GENERATOR_MODEL_COMPLETED)
 
         # Train the discriminators.
-        _set_requires_grad((s.disc_a, s.disc_b), True)
         s.disc_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         if engine.amp and s.disc_scaler is not None:
             with torch.autocast("cuda", **engine.amp_kwargs):

@@ -1,1 +1,20 @@
-"""Re-exports are filled in at integration; import from the defining modules meanwhile."""
+"""MONAI/Ignite handlers: atomic checkpoints and resume, NaN guard, progress, figures, encoder export."""
+
+from usfm_monai.handlers.checkpoint import BestModelSaver, TrainingCheckpoint, save_atomic, state_dicts
+from usfm_monai.handlers.export import EncoderExport
+from usfm_monai.handlers.figures import ReconstructionFigures, masked_views
+from usfm_monai.handlers.nan_guard import NaNGuard
+from usfm_monai.handlers.progress import ProgressBar, every_n_iterations
+
+__all__ = [
+    "BestModelSaver",
+    "EncoderExport",
+    "NaNGuard",
+    "ProgressBar",
+    "ReconstructionFigures",
+    "TrainingCheckpoint",
+    "every_n_iterations",
+    "masked_views",
+    "save_atomic",
+    "state_dicts",
+]

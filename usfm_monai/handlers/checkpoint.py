@@ -69,7 +69,8 @@ def state_dicts(objects: Mapping[str, Any]) -> dict[str, Any]:
 class TrainingCheckpoint:
     """Save the full training state periodically and resume from it when the run starts again.
 
-    Saves ``{name: obj.state_dict()}`` for ``save_dict`` (network, optimizer, scheduler, the trainer itself...)
+    Saves ``{name: obj.state_dict()}`` for ``save_dict`` (network, optimizer, scheduler...) plus the engine it is
+    attached to (key ``trainer``: epoch, iteration; a config cannot name the trainer inside its own handler list)
     to ``<save_dir>/<filename>`` every ``every_n_iterations`` iterations (if given) and at every epoch end, and
     once more when training completes. The AMP ``GradScaler`` that MONAI trainers create inside ``run()`` is
     added automatically as ``scaler`` when present. On ``Events.STARTED`` an existing file is loaded back
@@ -77,11 +78,14 @@ class TrainingCheckpoint:
 
     Nothing is saved when the run fails: saves happen only on completed iterations/epochs whose loss is finite,
     so a NaN loss or an exception never overwrites the last good checkpoint.
-    Only the main rank writes (``torch.distributed``); every rank resumes.
+    Only the main rank writes (``torch.distributed``); every rank resumes. A checkpoint saved at an epoch end
+    resumes exactly (same weights as an uninterrupted run with deterministic data order); one saved mid-epoch
+    resumes at its iteration with the saved weights, optimizer and schedule, and the rest of that epoch takes
+    fresh batches from the loader (the sampler's position inside the epoch is not stored).
 
     Args:
         save_dir: folder of the checkpoint file.
-        save_dict: objects to save; must include the trainer (key ``trainer``) for the epoch/iteration.
+        save_dict: objects to save besides the engine.
         filename: checkpoint file name.
         every_n_iterations: extra saves every this many iterations (``None``: epoch ends only).
         resume: load ``<save_dir>/<filename>`` at start when it exists.
@@ -120,6 +124,7 @@ class TrainingCheckpoint:
 
     def _objects(self, engine: Engine) -> dict[str, Any]:
         objects = dict(self.save_dict)
+        objects.setdefault("trainer", engine)
         scaler = getattr(engine, "scaler", None)
         if scaler is not None and "scaler" not in objects:
             objects["scaler"] = scaler

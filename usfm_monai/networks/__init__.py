@@ -1,1 +1,20 @@
-"""Re-exports are filled in at integration; import from the defining modules meanwhile."""
+"""Networks: the USFM encoder (BEiT-style ViT), its weight loading, the MIM model and the task networks."""
+
+from usfm_monai.networks.cyclegan import FrozenUSFMBranch, ImagePool, PatchGANDiscriminator, ResnetGenerator
+from usfm_monai.networks.encoder import USFMEncoder, create_usfm_encoder
+from usfm_monai.networks.mim import USFMMaskedImageModel, export_encoder
+from usfm_monai.networks.weights import WeightLoadReport, convert_authors_checkpoint, load_encoder_weights
+
+__all__ = [
+    "FrozenUSFMBranch",
+    "ImagePool",
+    "PatchGANDiscriminator",
+    "ResnetGenerator",
+    "USFMEncoder",
+    "USFMMaskedImageModel",
+    "WeightLoadReport",
+    "convert_authors_checkpoint",
+    "create_usfm_encoder",
+    "export_encoder",
+    "load_encoder_weights",
+]

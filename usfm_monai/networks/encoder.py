@@ -17,7 +17,7 @@ This module builds that network on :class:`timm.models.beit.Beit` and only chang
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -26,6 +26,7 @@ from timm.models.beit import Beit
 __all__ = [
     "USFM_SIZES",
     "USFMEncoder",
+    "check_encoder_kwargs",
     "create_usfm_encoder",
     "usfm_vit_tiny_patch16",
     "usfm_vit_small_patch16",
@@ -237,6 +238,21 @@ class USFMEncoder(Beit):
         )
 
 
+def check_encoder_kwargs(encoder_kwargs: Optional[Mapping[str, Any]], owner: str) -> Dict[str, Any]:
+    """Copy of a wrapper's ``encoder_kwargs``, refusing keys that the wrapper already takes as arguments.
+
+    Raises:
+        ValueError: ``encoder_kwargs`` repeats ``size``, ``img_size``, ``in_chans`` or ``drop_path_rate``.
+    """
+    kwargs = dict(encoder_kwargs or {})
+    for named in ("size", "img_size", "in_chans", "drop_path_rate"):
+        if named in kwargs:
+            raise ValueError(
+                f"{owner}: pass {named} as its own argument, not in encoder_kwargs (got {kwargs[named]!r})."
+            )
+    return kwargs
+
+
 def create_usfm_encoder(
     size: str = "base",
     img_size: Union[int, Sequence[int]] = 224,
@@ -259,6 +275,7 @@ def create_usfm_encoder(
     """
     if size not in USFM_SIZES:
         raise ValueError(f"size must be one of {sorted(USFM_SIZES)}, got {size!r}.")
+
     args = dict(USFM_SIZES[size], img_size=img_size, in_chans=in_chans, drop_path_rate=drop_path_rate)
     return USFMEncoder(**dict(args, **kwargs))
 

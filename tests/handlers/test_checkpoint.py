@@ -1,0 +1,140 @@
+"""Atomic saves and resume: an interrupted run resumed from its checkpoint ends where an uninterrupted run ends."""
+
+import os
+
+import pytest
+import torch
+from ignite.engine import Events
+
+from monai.engines import SupervisedTrainer
+from monai.handlers import LrScheduleHandler
+from usfm_monai.handlers.checkpoint import BestModelSaver, TrainingCheckpoint, save_atomic
+from usfm_monai.handlers.nan_guard import NaNGuard
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("boom")
+
+
+def test_save_atomic_keeps_previous_file_on_failure(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    save_atomic({"w": torch.ones(3)}, path)
+    with pytest.raises(RuntimeError, match="boom"):
+        save_atomic({"w": _Unpicklable()}, path)
+    assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temporary file left behind
+    loaded = torch.load(path, weights_only=True)
+    assert torch.equal(loaded["w"], torch.ones(3))
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 3, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.1
+    return [{"image": x[i : i + 3], "label": y[i : i + 3]} for i in range(0, 12, 3)]  # 4 iterations per epoch
+
+
+class _Crash:
+    """Raises at a given iteration, like a killed process."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def attach(self, engine):
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=self.at), self._crash)
+
+    def _crash(self, engine):
+        raise KeyboardInterrupt("killed")
+
+
+def _make_trainer(ckpt_dir, epochs, extra_handlers=(), every=None):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=epochs, train_data_loader=_data(), network=net,
+        optimizer=opt, loss_function=torch.nn.MSELoss(),
+    )
+    LrScheduleHandler(sched, epoch_level=False, print_lr=False).attach(trainer)
+    TrainingCheckpoint(
+        str(ckpt_dir), {"network": net, "optimizer": opt, "lr_scheduler": sched},
+        every_n_iterations=every,
+    ).attach(trainer)
+    for h in extra_handlers:
+        h.attach(trainer)
+    return trainer, net, opt
+
+
+def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path):
+    reference, ref_net, _ = _make_trainer(tmp_path / "ref", epochs=4)
+    reference.run()
+
+    crashed, _, _ = _make_trainer(tmp_path / "run", epochs=4, extra_handlers=[_Crash(10)])
+    with pytest.raises(KeyboardInterrupt):
+        crashed.run()
+    saved = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)
+    assert saved["trainer"]["iteration"] == 8  # end of epoch 2: the crash in epoch 3 saved nothing
+
+    resumed, net, opt = _make_trainer(tmp_path / "run", epochs=4)
+    resumed.run()
+    assert resumed.state.iteration == 16 and resumed.state.epoch == 4
+    torch.testing.assert_close(net.weight, ref_net.weight)
+    torch.testing.assert_close(net.bias, ref_net.bias)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5 ** (16 // 3))
+
+
+def test_resume_mid_epoch_continues_from_saved_iteration(tmp_path):
+    crashed, _, _ = _make_trainer(tmp_path, epochs=4, extra_handlers=[_Crash(7)], every=3)
+    with pytest.raises(KeyboardInterrupt):
+        crashed.run()
+    saved = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)
+    assert saved["trainer"]["iteration"] == 6  # the periodic save inside epoch 2
+
+    resumed, net, opt = _make_trainer(tmp_path, epochs=4, every=3)
+    seen = {}
+
+    def first_step(engine):  # the first step after resuming starts from the saved state
+        seen["iteration"] = engine.state.iteration
+        seen["weight"] = net.weight.detach().clone()
+        seen["momentum"] = opt.state[net.weight]["momentum_buffer"].clone()
+
+    resumed.add_event_handler(Events.ITERATION_STARTED(once=7), first_step)
+    resumed.run()
+    assert seen["iteration"] == 7 and resumed.state.iteration == 16
+    torch.testing.assert_close(seen["weight"], saved["network"]["weight"])
+    torch.testing.assert_close(seen["momentum"], saved["optimizer"]["state"][0]["momentum_buffer"])
+
+
+def test_nan_guard_stops_without_overwriting_checkpoint(tmp_path):
+    trainer, net, _ = _make_trainer(tmp_path, epochs=3, extra_handlers=[NaNGuard()])
+    trainer.max_epochs = 1
+    trainer.state.max_epochs = 1
+    trainer.run()
+    good = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)
+    trainer2, net2, _ = _make_trainer(tmp_path, epochs=3, extra_handlers=[NaNGuard()])
+
+    def poison(engine):  # resume loads good weights at STARTED; poison them after loading
+        with torch.no_grad():
+            net2.weight.fill_(float("nan"))
+
+    trainer2.add_event_handler(Events.ITERATION_STARTED(once=5), poison)
+    with pytest.raises(FloatingPointError, match="non-finite loss"):
+        trainer2.run()
+    after = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)
+    assert torch.isfinite(after["network"]["weight"]).all()
+    assert after["trainer"]["iteration"] == good["trainer"]["iteration"]
+
+
+def test_best_model_saver_saves_only_on_improvement(tmp_path):
+    from types import SimpleNamespace
+
+    net = torch.nn.Linear(2, 1)
+    saver = BestModelSaver(str(tmp_path), {"model": net})
+    calls = []
+    saver.on_save = [lambda engine: calls.append(engine.state.epoch)]
+    for epoch, best_epoch in [(1, 1), (2, 1), (3, 3)]:
+        saver(SimpleNamespace(state=SimpleNamespace(epoch=epoch, best_metric_epoch=best_epoch, best_metric=0.5)))
+    assert calls == [1, 3]
+    loaded = torch.load(tmp_path / "model.pt", weights_only=True)
+    torch.testing.assert_close(loaded["model"]["weight"], net.weight)

@@ -1,0 +1,135 @@
+"""Pretraining datalists from folders of unlabeled ultrasound images, one folder per organ (paper §3.1).
+
+The 3M-US database (paper Fig. 3) is a collection of per-organ image sets; organ-balanced sampling (eq. 1,
+:mod:`usfm_monai.data.sampling`) needs each image's organ, which this preparer takes from its top-level folder::
+
+    <root>/<organ>/**/*.{png,jpg,jpeg,bmp}   ->   {"image": "<organ>/.../x.png", "organ": "<organ>"}
+
+A fixed validation split (for reconstruction-loss monitoring) is cut per organ: groups of exact copies
+(same decoded pixels) are ordered by ``sha256(f"{seed}:{pixel sha1}")`` with largest-remainder quotas.
+Unreadable files are reported (printed and listed in ``metadata.skipped``) and left out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+
+from usfm_monai.data.datalist import write_datalist
+from usfm_monai.data.prepare.busi import scan_busi
+from usfm_monai.data.prepare.common import (
+    PreparationReport,
+    check_ratios,
+    list_images,
+    pixel_hash,
+    read_gray,
+    split_records,
+)
+
+__all__ = ["prepare_organ_folder", "prepare_busi_pretrain"]
+
+_NAMES = ("training", "validation")
+
+
+def _pretrain_datalist(records, root, output, val_fraction, seed, report, name, tool, extra=None) -> str:
+    ratios = check_ratios((1.0 - val_fraction, val_fraction), _NAMES)
+    readable = []
+    for rec in records:
+        try:
+            readable.append(dict(rec, hash=pixel_hash(read_gray(rec["path"]))))
+        except ValueError as e:
+            report.skip(rec["path"], str(e))
+    sections, duplicates, _ = split_records(readable, ratios, seed, stratum_key="organ", names=_NAMES)
+    lists = {split: [{"image": r["path"], "organ": r["organ"]} for r in recs] for split, recs in sections.items()}
+    counts = {split: dict(sorted(Counter(r["organ"] for r in recs).items())) for split, recs in sections.items()}
+    metadata = dict(
+        name=name,
+        tool=tool,
+        task="pretrain",
+        seed=int(seed),
+        ratios=list(ratios),
+        split="stratified by organ; groups of exact copies ordered by sha256(f'{seed}:{pixel sha1}'), "
+        "largest-remainder quotas",
+        organs=sorted({r["organ"] for r in readable}),
+        sizes={split: len(v) for split, v in lists.items()},
+        organ_counts=counts,
+        num_duplicate_groups=len(duplicates),
+        skipped=report.as_metadata(root),
+        **(extra or {}),
+    )
+    path = write_datalist(output, lists, metadata, base_dir=root)
+    print(f"{name}: wrote {path}")
+    for split in _NAMES:
+        print(f"  {split}: {len(lists[split])} {counts[split]}")
+    report.print_skipped()
+    return path
+
+
+def prepare_organ_folder(
+    root: str,
+    output: str,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    exclude: str | None = None,
+) -> str:
+    """Write a pretraining datalist from ``<root>/<organ>/**/*.{png,jpg,jpeg,bmp}``.
+
+    Args:
+        root: folder with one subfolder per organ (the ``dataset_dir`` the paths are relative to).
+        output: the datalist JSON to write.
+        val_fraction: fraction of each organ's images for ``validation``.
+        seed: split seed, recorded in the metadata.
+        exclude: optional regular expression; files whose name matches (``re.search``) are ignored, e.g.
+            ``"_mask"`` for datasets that keep masks next to the images.
+
+    Returns:
+        the absolute path of the written datalist.
+
+    Raises:
+        FileNotFoundError: ``root`` has no organ subfolder with images.
+        ValueError: ``val_fraction`` outside ``[0, 1]``.
+    """
+    root = os.path.abspath(root)
+    pattern = re.compile(exclude) if exclude else None
+    records = []
+    organs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")) \
+        if os.path.isdir(root) else []
+    for organ in organs:
+        for path in list_images(os.path.join(root, organ)):
+            if pattern is None or not pattern.search(os.path.basename(path)):
+                records.append({"path": path, "organ": organ})
+    if not records:
+        raise FileNotFoundError(
+            f"No images found in {root} (expected <root>/<organ>/**/*.png|jpg|jpeg|bmp; organ folders: {organs})."
+        )
+    return _pretrain_datalist(
+        records, root, output, val_fraction, seed, PreparationReport(), "Organ-folder pretraining",
+        "usfm_monai.data.prepare.organ_folder.prepare_organ_folder",
+        {"dataset_dir": "the root argument", "exclude": exclude},
+    )
+
+
+def prepare_busi_pretrain(busi_dir: str, output: str, val_fraction: float = 0.05, seed: int = 0) -> str:
+    """Write a pretraining datalist of BUSI's 780 images (no masks), all with organ ``breast``.
+
+    Args:
+        busi_dir: the ``Dataset_BUSI_with_GT`` folder (the ``dataset_dir`` the paths are relative to).
+        output: the datalist JSON to write.
+        val_fraction: fraction of images for ``validation``.
+        seed: split seed, recorded in the metadata.
+
+    Returns:
+        the absolute path of the written datalist.
+
+    Raises:
+        FileNotFoundError: ``busi_dir`` is not a BUSI folder.
+    """
+    busi_dir = os.path.abspath(busi_dir)
+    report = PreparationReport()
+    records = [{"path": r["path"], "organ": "breast"} for r in scan_busi(busi_dir, report)]
+    return _pretrain_datalist(
+        records, busi_dir, output, val_fraction, seed, report, "BUSI pretraining",
+        "usfm_monai.data.prepare.organ_folder.prepare_busi_pretrain",
+        {"dataset_dir": "Dataset_BUSI_with_GT (the busi_dir argument)"},
+    )
