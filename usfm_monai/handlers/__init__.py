@@ -2,6 +2,7 @@
 
 from usfm_monai.handlers.checkpoint import BestModelSaver, TrainingCheckpoint, save_atomic, state_dicts
 from usfm_monai.handlers.export import EncoderExport
+from usfm_monai.handlers.metric_summary import MetricSummary
 from usfm_monai.handlers.figures import ReconstructionFigures, masked_views
 from usfm_monai.handlers.nan_guard import NaNGuard
 from usfm_monai.handlers.progress import ProgressBar, every_n_iterations
@@ -9,6 +10,7 @@ from usfm_monai.handlers.progress import ProgressBar, every_n_iterations
 __all__ = [
     "BestModelSaver",
     "EncoderExport",
+    "MetricSummary",
     "NaNGuard",
     "ProgressBar",
     "ReconstructionFigures",

@@ -2,7 +2,9 @@
 
 from usfm_monai.networks.cyclegan import FrozenUSFMBranch, ImagePool, PatchGANDiscriminator, ResnetGenerator
 from usfm_monai.networks.encoder import USFMEncoder, create_usfm_encoder
+from usfm_monai.networks.classifier import USFMClassifier
 from usfm_monai.networks.mim import USFMMaskedImageModel, export_encoder
+from usfm_monai.networks.upernet import USFMSegmenter
 from usfm_monai.networks.weights import WeightLoadReport, convert_authors_checkpoint, load_encoder_weights
 
 __all__ = [
@@ -10,8 +12,10 @@ __all__ = [
     "ImagePool",
     "PatchGANDiscriminator",
     "ResnetGenerator",
+    "USFMClassifier",
     "USFMEncoder",
     "USFMMaskedImageModel",
+    "USFMSegmenter",
     "WeightLoadReport",
     "convert_authors_checkpoint",
     "create_usfm_encoder",

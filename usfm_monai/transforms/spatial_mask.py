@@ -186,12 +186,15 @@ def block_grid_to_pixel_mask(
             f"block grid of shape {tuple(block_grid.shape)} does not fit an image of spatial shape {(h, w)} with "
             f"block_size={block_size}: expected trailing dims {expected}."
         )
-    rows, cols = np.arange(h) // block_size, np.arange(w) // block_size
+    gh, gw = expected
+    lead = tuple(block_grid.shape[:-2])
+    blocks = (*lead, gh, block_size, gw, block_size)
     if isinstance(block_grid, torch.Tensor):
-        rows_t = torch.as_tensor(rows, device=block_grid.device)
-        cols_t = torch.as_tensor(cols, device=block_grid.device)
-        return block_grid[..., rows_t[:, None], cols_t[None, :]]
-    return np.asarray(block_grid)[..., rows[:, None], cols[None, :]]
+        full = block_grid[..., :, None, :, None].expand(blocks).reshape(*lead, gh * block_size, gw * block_size)
+    else:
+        grid = np.asarray(block_grid)[..., :, None, :, None]
+        full = np.broadcast_to(grid, blocks).reshape(*lead, gh * block_size, gw * block_size)
+    return full[..., :h, :w]  # ..., H, W
 
 
 def spatial_mean_mask(
