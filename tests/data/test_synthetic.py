@@ -76,7 +76,7 @@ def test_lesion_echogenicity_and_posterior_features():
             if lesion == "malignant":
                 assert change < -20, (seed, change)
             else:
-                assert 0 < change < 15, (seed, change)
+                assert 0 < change < 30, (seed, change)  # a few dB of posterior enhancement
             # far to the side of the lesion nothing changes
             side = cols.max() + 20 if cols.max() + 20 < 128 else cols.min() - 20
             assert np.abs(img[:, side] - normal[:, side]).max() <= 1  # up to float rounding of the FFT
@@ -124,7 +124,10 @@ def test_pair_same_anatomy_low_is_degraded():
     assert corr(low, high) > corr(other_low, high) + 0.1
     # speckle / noise: pixel-to-pixel differences are larger in the low-quality image
     fov = fov[:, 1:] & fov[:, :-1]
-    assert np.abs(np.diff(low.astype(float), axis=1))[fov].mean() > 1.5 * np.abs(np.diff(high.astype(float), axis=1))[fov].mean()
+    def roughness(img):
+        return np.abs(np.diff(img.astype(float), axis=1))[fov].mean()
+
+    assert roughness(low) > 1.5 * roughness(high)
     low2, high2 = synthesize_pair("kidney", 96, "sector", None, seed=2)
     np.testing.assert_array_equal(low, low2)
     np.testing.assert_array_equal(high, high2)
@@ -262,3 +265,15 @@ def test_ensure_times_out_on_live_lock(tmp_path):
     with pytest.raises(TimeoutError, match="delete the lock file"):
         ensure_synthetic_dataset(str(tmp_path / "synthetic_pretrain"), "pretrain", num_images=2, image_size=32,
                                  timeout=0.5)
+
+
+def test_ensure_refuses_to_replace_foreign_folder(tmp_path):
+    target = tmp_path / "my_data"
+    target.mkdir()
+    (target / "precious.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="refusing to replace"):
+        ensure_synthetic_dataset(str(target), "pretrain", num_images=2, image_size=32)
+    assert (target / "precious.png").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert os.path.isfile(ensure_synthetic_dataset(str(empty), "pretrain", num_images=2, image_size=32))

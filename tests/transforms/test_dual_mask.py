@@ -304,6 +304,10 @@ def test_batched_validation():
         batched.apply(images, DualMaskDraws(draws.block_grids, torch.tensor([[0, 5], [1, 2]])))
     with pytest.raises(ValueError, match="band_ids must be an int64"):
         batched.apply(images, DualMaskDraws(draws.block_grids, torch.zeros(2, 3, dtype=torch.int64)))
+    with pytest.raises(TypeError, match="torch tensor"):
+        batched(images.numpy())
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        batched(images[0])
     with pytest.raises(ValueError, match="batch_size"):
         batched.draw(0, (32, 32))
     with pytest.raises(RuntimeError, match="randomize"):

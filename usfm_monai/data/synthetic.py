@@ -824,10 +824,29 @@ def _file_lock(lock_path: str, timeout: float, poll: float = 0.2):
             os.remove(lock_path)
 
 
+def _is_synthetic(folder: str) -> bool:
+    """Whether ``folder`` is empty or holds a dataset made by this module (safe to replace)."""
+    if not os.listdir(folder):
+        return True
+    try:
+        with open(os.path.join(folder, "datalist.json")) as f:
+            return json.load(f)["metadata"]["tool"] == "usfm_monai.data.synthetic.make_synthetic_dataset"
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _ensure_locked(output_dir: str, params: dict[str, Any], timeout: float) -> str:
     datalist_path = os.path.join(output_dir, "datalist.json")
     if _matches(datalist_path, params):
         return datalist_path
+    if os.path.isdir(output_dir) and not _is_synthetic(output_dir):
+        raise ValueError(
+            f"{output_dir} exists and is not a synthetic dataset made by usfm_monai (no datalist.json with "
+            "metadata.tool 'usfm_monai.data.synthetic.make_synthetic_dataset'); refusing to replace it. "
+            "Pass another synthetic_dir."
+        )
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"{output_dir} exists and is not a folder; pass another synthetic_dir.")
     parent = os.path.dirname(output_dir) or "."
     os.makedirs(parent, exist_ok=True)
     with _file_lock(output_dir.rstrip(os.sep) + ".lock", timeout):
@@ -893,7 +912,8 @@ def ensure_synthetic_dataset(
         the path of ``<output_dir>/datalist.json``.
 
     Raises:
-        ValueError: bad parameters (see :func:`make_synthetic_dataset`).
+        ValueError: bad parameters (see :func:`make_synthetic_dataset`), or ``output_dir`` exists and is not
+            a synthetic dataset (it is never replaced then).
         TimeoutError: the lock stayed held by a live process for ``timeout`` seconds.
     """
     params = _dataset_params(task, num_images, image_size, seed, val_fraction, test_fraction, organs)

@@ -292,7 +292,7 @@ class RandDualDomainMaskd(Randomizable, MapTransform):
         return d
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DualMaskDraws:
     """The random draws of one batch of dual masks.
 
@@ -482,9 +482,9 @@ class BatchedDualDomainMask:
         Returns:
             The masked ``(B, C, H, W)`` tensor.
         """
-        if not isinstance(images, torch.Tensor) or images.ndim != 4:
-            raise ValueError(
-                f"{type(self).__name__} expects a (B, C, H, W) tensor, got {getattr(images, 'shape', type(images))}."
-            )
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"{type(self).__name__} expects a (B, C, H, W) torch tensor, got {type(images).__name__}.")
+        if images.ndim != 4:
+            raise ValueError(f"{type(self).__name__} expects images of shape (B, C, H, W), got {tuple(images.shape)}.")
         draws = self.draw(images.shape[0], images.shape[-2:], generator=generator, device=images.device)
         return self.apply(images, draws)  # type: ignore[return-value]

@@ -240,7 +240,9 @@ def prepare_busi_segmentation(
     ratios = check_ratios(ratios)
     busi_dir = os.path.abspath(busi_dir)
     output = os.path.abspath(output)
-    mask_dir = os.path.abspath(mask_dir) if mask_dir is not None else os.path.join(os.path.dirname(output), "busi_masks")
+    if mask_dir is None:
+        mask_dir = os.path.join(os.path.dirname(output), "busi_masks")
+    mask_dir = os.path.abspath(mask_dir)
     report = PreparationReport()
     records = [r for r in scan_busi(busi_dir, report) if include_normal or r["class_name"] != "normal"]
     records = _read_images(records, report)

@@ -185,7 +185,9 @@ def prepare_class_folders(
         raise FileNotFoundError(f"No readable images found in {root} (expected <root>/<class>/*.png).")
     sections, duplicates, conflicts = split_records(records, ratios, seed, drop_conflicts=True)
     lists = {
-        split: [{"image": r["path"], "label": classes.index(r["class_name"]), "class_name": r["class_name"]} for r in recs]
+        split: [
+            {"image": r["path"], "label": classes.index(r["class_name"]), "class_name": r["class_name"]} for r in recs
+        ]
         for split, recs in sections.items()
     }
     counts = {split: dict(sorted(Counter(r["class_name"] for r in recs).items())) for split, recs in sections.items()}

@@ -115,7 +115,9 @@ def prepare_tn3k(tn3k_dir: str, output: str, fold: int = 0, mask_dir: str | None
         raise ValueError(f"fold must be an int in 0..{_NUM_FOLDS - 1}, got {fold!r}.")
     tn3k_dir = os.path.abspath(tn3k_dir)
     output = os.path.abspath(output)
-    mask_dir = os.path.abspath(mask_dir) if mask_dir is not None else os.path.join(os.path.dirname(output), "tn3k_masks")
+    if mask_dir is None:
+        mask_dir = os.path.join(os.path.dirname(output), "tn3k_masks")
+    mask_dir = os.path.abspath(mask_dir)
     problems: list[str] = []
     trainval = _pairs(tn3k_dir, "trainval", mask_dir, problems)
     fold_file = os.path.join(tn3k_dir, f"tn3k-trainval-fold{fold}.json")
@@ -123,7 +125,9 @@ def prepare_tn3k(tn3k_dir: str, output: str, fold: int = 0, mask_dir: str | None
     test = _pairs(tn3k_dir, "test", mask_dir, problems)
     if problems:
         listed = "\n  ".join(problems[:10])
-        raise ValueError(f"TN3K at {tn3k_dir}: {len(problems)} problem(s); the first {min(len(problems), 10)}:\n  {listed}")
+        raise ValueError(
+            f"TN3K at {tn3k_dir}: {len(problems)} problem(s); the first {min(len(problems), 10)}:\n  {listed}"
+        )
     sections = {
         "training": [trainval[i] for i in sorted(indices["train"])],
         "validation": [trainval[i] for i in sorted(indices["val"])],
