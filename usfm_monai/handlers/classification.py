@@ -176,6 +176,9 @@ class ClassificationReport:
       "num_samples": N, "epoch": e, "info": extra}``; values are fractions (MCC in ``[-1, 1]``).
     - ``confusion_matrix.csv``: header ``true \\ predicted,<names>``, then one row per true class.
     - ``confusion_matrix.png``: :func:`confusion_matrix_figure`.
+    - ``per_image.csv`` (``per_image=True``): ``image,true_label,true_class,pred_label,pred_class,prob_<name>...``,
+      one row per image in the order seen (rank by rank), ``prob_*`` = the ``y_pred`` values as given
+      (probabilities when the postprocessing applies a softmax, as the bundle does).
 
     Args:
         output_dir: destination folder.
@@ -184,6 +187,9 @@ class ClassificationReport:
             ``(B, K)`` (or a list of ``(K,)``), ``y`` class indices ``(B,)`` / ``(B, 1)`` or one-hot ``(B, K)``.
         prefix: prepended to the three file names (e.g. ``"test_"``).
         save_figure: also write the PNG.
+        per_image: also write ``per_image.csv``; needs decollated outputs whose ``image_key`` is a ``MetaTensor``
+            with ``filename_or_obj``.
+        image_key: output key of the input image.
         extra: plain values stored under ``"info"`` (e.g. the checkpoint evaluated).
 
     Raises:
@@ -197,6 +203,8 @@ class ClassificationReport:
         output_transform: Callable[[Any], Any] = from_engine(["pred", "label"]),
         prefix: str = "",
         save_figure: bool = True,
+        per_image: bool = True,
+        image_key: str = "image",
         extra: Any = None,
     ) -> None:
         self.output_dir = output_dir
@@ -204,26 +212,64 @@ class ClassificationReport:
         self.output_transform = output_transform
         self.prefix = prefix
         self.save_figure = save_figure
+        self.per_image = per_image
+        self.image_key = image_key
         self.extra = extra
+        self._rows: list[str] = []
         self._metric = ClassificationMetric("acc", num_classes=len(self.class_names))
         self.report: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self._metric.reset())
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
+    def _reset(self, engine: Engine) -> None:
+        self._metric.reset()
+        self._rows = []
+
     def _collect(self, engine: Engine) -> None:
         y_pred, y = self.output_transform(engine.state.output)
-        self._metric(y_pred=y_pred, y=y)
+        # decollated labels can be plain ints; ignite's metrics convert them the same way
+        if isinstance(y_pred, (list, tuple)):
+            y_pred = [torch.as_tensor(v) for v in y_pred]
+        if isinstance(y, (list, tuple)):
+            y = [torch.as_tensor(v) for v in y]
+        pairs = self._metric(y_pred=y_pred, y=y)  # B, 2: true and predicted class of each sample
+        if not self.per_image:
+            return
+        output = engine.state.output
+        if not isinstance(output, (list, tuple)) or len(output) != len(pairs):
+            raise ValueError(
+                "ClassificationReport(per_image=True) expects decollated outputs (one dict per image); keep the "
+                "evaluator's decollate=True or pass per_image=False."
+            )
+        scores = y_pred if isinstance(y_pred, (list, tuple)) else list(y_pred)
+        for item, pair, score in zip(output, pairs.tolist(), scores):
+            image = item.get(self.image_key) if isinstance(item, dict) else None
+            name = (getattr(image, "meta", None) or {}).get("filename_or_obj")
+            if name is None:
+                raise KeyError(
+                    f"output key {self.image_key!r} carries no 'filename_or_obj' metadata: load the images with "
+                    "LoadImaged(image_only=True), which keeps it in the MetaTensor, or pass per_image=False."
+                )
+            true, pred = int(pair[0]), int(pair[1])
+            values = torch.as_tensor(score).detach().float().cpu().reshape(-1).tolist()
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="").writerow(
+                [str(name), true, self.class_names[true], pred, self.class_names[pred], *(f"{v:.6f}" for v in values)]
+            )
+            self._rows.append(buffer.getvalue())
 
     def path(self, name: str) -> str:
         """Absolute path of one of the written files (``"classification_report.json"``, ...)."""
         return os.path.abspath(os.path.join(self.output_dir, self.prefix + name))
 
     def __call__(self, engine: Engine) -> None:
-        # a collective on every rank (the buffer is all-gathered), so it comes before the rank check
+        # collectives on every rank (buffers are all-gathered), so they come before the rank check
         cm = self._metric.confusion_matrix()
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        rows = string_list_all_gather(self._rows) if distributed and self.per_image else list(self._rows)
         if not is_main_process():
             return
         data = self._metric.get_buffer().cpu().numpy()
@@ -244,6 +290,12 @@ class ClassificationReport:
         for name, row in zip(self.class_names, cm.tolist()):
             writer.writerow([name, *row])
         _write_text_atomic(buffer.getvalue(), self.path("confusion_matrix.csv"))
+        if self.per_image:
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="\n").writerow(
+                ["image", "true_label", "true_class", "pred_label", "pred_class", *(f"prob_{c}" for c in self.class_names)]
+            )
+            _write_text_atomic(buffer.getvalue() + "".join(r + "\n" for r in rows), self.path("per_image.csv"))
         if self.save_figure:
             title = f"confusion matrix (n={int(cm.sum())}, acc={scores['acc']:.3f}, F1={scores['f1']:.3f})"
             save_png_atomic(confusion_matrix_figure(cm, self.class_names, title=title), self.path("confusion_matrix.png"))

@@ -1,0 +1,199 @@
+"""The enhance_usenhance bundle: config properties, metadata schema, and a tiny CPU train -> resume -> evaluate ->
+inference run on synthetic low/high-quality pairs, with and without the frozen USFM branch.
+
+Oracles: the evaluation SSIM of one test image is recomputed from the saved generator with scikit-image; the
+enhanced PNG written by inference is recomputed from the saved generator and compared pixel by pixel with the file
+as PIL reads it (so orientation and size round-trip); the target column of the side-by-side figure must equal the
+target file; the frozen branch must still hold the exported encoder's weights after training.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.bundle import ConfigWorkflow
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from usfm_monai.networks.cyclegan import ResnetGenerator
+from usfm_monai.networks.encoder import create_usfm_encoder
+from usfm_monai.networks.mim import export_encoder
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUNDLE = os.path.join(REPO, "bundles", "enhance_usenhance")
+CONFIGS = os.path.join(BUNDLE, "configs")
+SCHEMA = os.path.join(os.path.dirname(REPO), "shared", "monai", "meta_schema_20240725.json")
+
+# a second or two per epoch on one CPU core
+TINY = {
+    "synthetic_num_images": 40,  # 10 per organ: 7 training, 2 validation, 1 test
+    "synthetic_image_size": 48,
+    "image_size": 32,
+    "ngf": 8,
+    "n_blocks": 1,
+    "ndf": 8,
+    "usfm_size": "tiny",
+    "usfm_img_size": 32,
+    "batch_size": 4,
+    "val_batch_size": 4,
+    "num_workers": 0,
+    "pool_size": 4,
+    "log_every": 1,
+}
+ARCH_KEYS = ("image_size", "ngf", "n_blocks", "usfm_size", "usfm_img_size", "synthetic_num_images",
+             "synthetic_image_size", "num_workers")
+
+
+def _config(*names):
+    return [os.path.join(CONFIGS, n) for n in names]
+
+
+def _cli(overrides):
+    args = []
+    for k, v in overrides.items():
+        args += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
+    return args
+
+
+def _run_bundle(config_files, root, overrides):
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config_files), "--bundle_root", root,
+           *_cli(overrides)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_file(tmp_path_factory):
+    """A tiny USFM encoder export, standing in for bundles/pretrain_usfm/models/usfm_encoder.pt."""
+    torch.manual_seed(0)
+    encoder = create_usfm_encoder("tiny", img_size=32, use_fc_norm=False)
+    return export_encoder(encoder, str(tmp_path_factory.mktemp("pretrain") / "usfm_encoder.pt"))
+
+
+@pytest.mark.parametrize("files,workflow_type", [(("train.json",), "train"), (("inference.json",), "infer")])
+def test_check_properties(files, workflow_type, tmp_path, tiny_encoder_file):
+    extra = {"usfm_weights": tiny_encoder_file, "usfm_size": "tiny", "usfm_img_size": 32} if workflow_type == "train" else {}
+    workflow = ConfigWorkflow(config_file=_config(*files), workflow_type=workflow_type, bundle_root=str(tmp_path),
+                              **extra)
+    workflow.initialize()
+    assert not workflow.check_properties()
+
+
+def test_verify_metadata():
+    if not os.path.isfile(SCHEMA):
+        pytest.skip(f"schema copy not found at {SCHEMA}")
+    pytest.importorskip("jsonschema")
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=os.path.join(CONFIGS, "metadata.json"), filepath=SCHEMA)  # raises on failure
+
+
+def test_missing_usfm_weights_fail_at_load(tmp_path):
+    workflow = ConfigWorkflow(config_file=_config("train.json"), workflow_type="train", bundle_root=str(tmp_path),
+                              usfm_weights=str(tmp_path / "absent.pt"), usfm_size="tiny")
+    workflow.initialize()
+    with pytest.raises(RuntimeError) as err:
+        workflow.parser.get_parsed_content("network_def")
+    assert "absent.pt" in str(err.value.__cause__)
+
+
+def _generator(use_branch):
+    encoder = create_usfm_encoder("tiny", img_size=32, use_fc_norm=False, drop_path_rate=0.0) if use_branch else None
+    return ResnetGenerator(ngf=TINY["ngf"], n_blocks=TINY["n_blocks"], usfm_encoder=encoder).eval()
+
+
+def _load_as_bundle(path, size):
+    """The bundle's preprocessing, written independently: PIL (H, W) -> MONAI (W, H) -> [0, 1] -> bilinear resize."""
+    arr = np.asarray(Image.open(path).convert("L"), dtype=np.float32).T / 255.0
+    return F.interpolate(torch.from_numpy(np.ascontiguousarray(arr))[None, None], size=(size, size),
+                         mode="bilinear", align_corners=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("use_branch", [True, False], ids=["usfm-branch", "plain-cyclegan"])
+def test_train_resume_evaluate_infer(tmp_path, tiny_encoder_file, use_branch):
+    root = str(tmp_path / "bundle")
+    overrides = dict(TINY, use_usfm_branch=use_branch, usfm_weights=tiny_encoder_file)
+
+    def train(epochs):
+        workflow = ConfigWorkflow(config_file=_config("train.json"), workflow_type="train", bundle_root=root,
+                                  epochs=epochs, **overrides)
+        workflow.initialize()
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        start = {}
+        trainer.add_event_handler("started", lambda e: start.setdefault("iteration", e.state.iteration))
+        workflow.run()
+        workflow.finalize()
+        return trainer, start["iteration"]
+
+    trainer, start = train(epochs=1)
+    per_epoch = trainer.state.epoch_length
+    assert start == 0 and per_epoch == 7  # 28 training pairs, batch 4
+    trainer, start = train(epochs=2)  # started again: continues from the checkpoint
+    assert start == per_epoch and trainer.state.iteration == 2 * per_epoch
+    lr = trainer.state.gen_optimizer.param_groups[0]["lr"]
+    assert lr == pytest.approx(2e-4 * 0.5)  # cyclegan_lr_lambda(1, 1) after epoch 2 (0-based 1): 1 - 1 / 2
+
+    models = os.path.join(root, "models")
+    ckpt = torch.load(os.path.join(models, "checkpoint_last.pt"), weights_only=True)
+    assert sorted(ckpt) == ["disc_lr_scheduler", "gen_lr_scheduler", "trainer"]  # networks only inside the trainer
+    assert ckpt["trainer"]["iteration"] == 2 * per_epoch
+    state = torch.load(os.path.join(models, "model.pt"), weights_only=True)["model"]
+    branch = {k[len("usfm_branch.encoder."):]: v for k, v in state.items() if k.startswith("usfm_branch.encoder.")}
+    if use_branch:  # frozen: still the exported weights after two epochs
+        exported = torch.load(tiny_encoder_file, weights_only=True)["state_dict"]
+        assert branch.keys() == exported.keys()
+        assert all(torch.equal(branch[k], exported[k]) for k in exported)
+    else:
+        assert not branch
+    generator = _generator(use_branch)
+    generator.load_state_dict(state)
+
+    # evaluate on the test split: per-image CSV, per-organ summary, side-by-side figures
+    _run_bundle(_config("train.json", "evaluate.json"), root, overrides)
+    eval_dir = os.path.join(root, "eval")
+    summary = json.load(open(os.path.join(eval_dir, "summary.json")))
+    assert set(summary["groups"]) == {"breast", "kidney", "liver", "thyroid"}
+    assert summary["metrics"]["val_ssim"]["n"] == 4 and summary["info"]["use_usfm_branch"] is use_branch
+    assert 1.0 <= summary["metrics"]["val_nmi"]["mean"] <= 2.0
+    with open(os.path.join(eval_dir, "val_ssim_raw.csv")) as f:
+        row = next(csv.DictReader(f))
+    low_path = row["filename"]
+    high_path = low_path.replace(os.sep + "low" + os.sep, os.sep + "high" + os.sep)
+    with torch.no_grad():
+        pred = generator(_load_as_bundle(low_path, 32))[0, 0].double().numpy()
+    target = _load_as_bundle(high_path, 32)[0, 0].double().numpy()
+    expected = structural_similarity(pred, target, data_range=1.0, win_size=7, gaussian_weights=False)
+    assert float(row["class0"]) == pytest.approx(expected, abs=1e-4)
+    figures = sorted(os.listdir(os.path.join(eval_dir, "side_by_side")))
+    assert len(figures) == 4 and all(f.endswith("_side_by_side.png") for f in figures)
+
+    # inference on a folder holding one non-square image, with its target found by name
+    low, high = tmp_path / "in_low", tmp_path / "in_high"
+    low.mkdir()
+    high.mkdir()
+    crop = (0, 0, 40, 48)  # PIL box: width 40, height 48
+    Image.open(low_path).crop(crop).save(low / "case.png")
+    Image.open(high_path).crop(crop).save(high / "case.png")
+    infer = {k: overrides[k] for k in ARCH_KEYS}
+    _run_bundle(_config("inference.json"), root, dict(infer, use_usfm_branch=use_branch, dataset_dir=str(low),
+                                                      target_dir=str(high)))
+    out_dir = os.path.join(root, "eval", "inference")
+    enhanced = np.asarray(Image.open(os.path.join(out_dir, "case_enhanced.png")))
+    assert enhanced.shape == (48, 40) and enhanced.dtype == np.uint8  # the input file's size and orientation
+    with torch.no_grad():
+        pred = generator(_load_as_bundle(str(low / "case.png"), 32))
+    pred = F.interpolate(pred, size=(40, 48), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+    expected = np.round(pred.numpy().T * 255)
+    assert np.abs(enhanced.astype(np.float64) - expected).max() <= 1.0
+    figure = np.asarray(Image.open(os.path.join(out_dir, "side_by_side", "case_side_by_side.png")))
+    assert figure.shape == (48, 3 * 40 + 2 * 4)
+    np.testing.assert_array_equal(figure[:, -40:], np.asarray(Image.open(high / "case.png")))
+    np.testing.assert_array_equal(figure[:, 44:84], enhanced)

@@ -1,0 +1,3 @@
+from usfm_monai.cli import main
+
+main()
