@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from usfm_monai.io import atomic_write
 
 __all__ = ["log_amplitude_spectrum", "reconstruction_figure", "save_png_atomic"]
 
@@ -92,15 +93,6 @@ def save_png_atomic(rgb: np.ndarray, path: str) -> str:
     """Write an ``(H, W)`` or ``(H, W, 3)`` uint8 array as PNG via a temporary file and ``os.replace``."""
     from PIL import Image
 
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".fig.", suffix=".png", dir=os.path.dirname(path))
-    os.close(fd)
-    try:
-        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    with atomic_write(path, "wb") as f:
+        Image.fromarray(np.ascontiguousarray(rgb)).save(f, format="PNG")
+    return os.path.abspath(path)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
+from masking_oracles import DEVICES, DTYPES, INPUT_TYPES, make_input, oracle_pixel_mask, to_numpy, fft_tol
 from usfm_monai.transforms.dual_mask import (
     BatchedDualDomainMask,
     DualMaskDraws,
@@ -21,34 +22,7 @@ from usfm_monai.transforms.dual_mask import (
     RandDualDomainMaskd,
 )
 
-DEVICES = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param(
-        "cuda", id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
-    ),
-]
-INPUT_TYPES = ["numpy", "torch", "metatensor"]
-DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
 SMALL = {"block_size": 8, "mask_ratio": 0.5, "num_bands": 5, "num_masked_bands": 2, "keep_size": 4}
-
-
-def _make(arr: np.ndarray, kind: str, device: str = "cpu"):
-    if kind == "numpy":
-        return arr
-    t = torch.as_tensor(arr, device=device)
-    return MetaTensor(t, meta={"filename_or_obj": "img.png"}) if kind == "metatensor" else t
-
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def _oracle_pixel_mask(grid: np.ndarray, h: int, w: int, b: int) -> np.ndarray:
-    mask = np.zeros((h, w), dtype=bool)
-    for i in range(grid.shape[0]):
-        for j in range(grid.shape[1]):
-            mask[i * b : (i + 1) * b, j * b : (j + 1) * b] = grid[i, j]
-    return mask
 
 
 def _oracle_stop_mask(h: int, w: int, n: int, keep: int, spacing: str, ids) -> np.ndarray:
@@ -68,10 +42,6 @@ def _oracle_band_stop(img: np.ndarray, stop: np.ndarray) -> np.ndarray:
     return np.fft.ifft2(np.fft.ifftshift(spectrum * ~stop, axes=(-2, -1))).real
 
 
-def _tol(dtype) -> dict:
-    return {"rtol": 1e-4, "atol": 1e-5} if dtype in (np.float32, torch.float32) else {"rtol": 1e-9, "atol": 1e-10}
-
-
 @pytest.mark.parametrize("kind", INPUT_TYPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,spacing", [((45, 37), "linear"), ((64, 64), "log"), ((30, 64), "linear")])
@@ -79,10 +49,10 @@ def test_dual_mask_matches_oracle(kind, dtype, shape, spacing):
     h, w = shape
     img = np.random.default_rng(0).random((2, h, w)).astype(dtype)
     t = RandDualDomainMask(band_spacing=spacing, **SMALL).set_random_state(2)
-    out = _np(t(_make(img, kind)))
+    out = to_numpy(t(make_input(img, kind)))
     assert out.dtype == dtype
     assert t.block_grid.shape == (math.ceil(h / 8), math.ceil(w / 8)) and t.block_grid.any()
-    pixel = _oracle_pixel_mask(t.block_grid, h, w, 8)
+    pixel = oracle_pixel_mask(t.block_grid, h, w, 8)
     stop = _oracle_stop_mask(h, w, 5, 4, spacing, t.band_ids)
     assert stop.any()
     np.testing.assert_array_equal(t.pixel_mask(shape), pixel)
@@ -90,15 +60,15 @@ def test_dual_mask_matches_oracle(kind, dtype, shape, spacing):
     filtered = _oracle_band_stop(img, stop)
     mean = img.astype(np.float64).mean(axis=(1, 2))
     for c in range(2):
-        np.testing.assert_allclose(out[c][~pixel], filtered[c][~pixel], **_tol(dtype))  # frequency-filtered
-        np.testing.assert_allclose(out[c][pixel], mean[c], **_tol(dtype))  # ORIGINAL image mean
+        np.testing.assert_allclose(out[c][~pixel], filtered[c][~pixel], **fft_tol(dtype))  # frequency-filtered
+        np.testing.assert_allclose(out[c][pixel], mean[c], **fft_tol(dtype))  # ORIGINAL image mean
 
 
 def test_paper_defaults_224():
     img = np.random.default_rng(1).random((1, 224, 224)).astype(np.float32)
     t = RandDualDomainMask().set_random_state(0)
-    out = _np(t(img))
-    pixel = _oracle_pixel_mask(t.block_grid, 224, 224, 32)
+    out = to_numpy(t(img))
+    pixel = oracle_pixel_mask(t.block_grid, 224, 224, 32)
     filtered = _oracle_band_stop(img, _oracle_stop_mask(224, 224, 7, 10, "linear", t.band_ids))
     np.testing.assert_allclose(out[0][~pixel], filtered[0][~pixel], atol=1e-5)
     np.testing.assert_allclose(out[0][pixel], img.mean(), rtol=1e-5)
@@ -109,8 +79,8 @@ def test_blocks_take_original_mean_when_dc_is_stopped(kind):
     # keep_size=0 and every band stopped: the filtered image is 0 (its mean too), the blocks keep the original's
     img = np.random.default_rng(8).random((2, 45, 37)).astype(np.float32) + 1.0
     t = RandDualDomainMask(block_size=8, mask_ratio=0.5, num_bands=3, num_masked_bands=3, keep_size=0)
-    out = _np(t.set_random_state(0)(_make(img, kind)))
-    pixel = _oracle_pixel_mask(t.block_grid, 45, 37, 8)
+    out = to_numpy(t.set_random_state(0)(make_input(img, kind)))
+    pixel = oracle_pixel_mask(t.block_grid, 45, 37, 8)
     for c in range(2):
         np.testing.assert_allclose(out[c][~pixel], 0.0, atol=1e-5)
         np.testing.assert_allclose(out[c][pixel], img[c].mean(), rtol=1e-5)
@@ -120,9 +90,9 @@ def test_blocks_take_original_mean_when_dc_is_stopped(kind):
 def test_without_frequency_mask_is_spatial_only(kind):
     img = np.random.default_rng(2).random((1, 45, 37)).astype(np.float32)
     t = RandDualDomainMask(use_frequency_mask=False, **SMALL).set_random_state(4)
-    out = _np(t(_make(img, kind)))
+    out = to_numpy(t(make_input(img, kind)))
     assert t.band_ids.shape == (0,) and not t.stop_mask((45, 37)).any()
-    pixel = _oracle_pixel_mask(t.block_grid, 45, 37, 8)
+    pixel = oracle_pixel_mask(t.block_grid, 45, 37, 8)
     np.testing.assert_array_equal(out[0][~pixel], img[0][~pixel])
     np.testing.assert_allclose(out[0][pixel], img.mean(), rtol=1e-6)
 
@@ -132,18 +102,18 @@ def test_without_frequency_mask_is_spatial_only(kind):
 def test_zero_ratio_and_zero_bands_is_exact_noop(kind, use_frequency_mask):
     img = np.random.default_rng(3).random((2, 45, 37)).astype(np.float32)
     t = RandDualDomainMask(mask_ratio=0.0, num_masked_bands=0, use_frequency_mask=use_frequency_mask)
-    np.testing.assert_array_equal(_np(t(_make(img, kind))), img)
+    np.testing.assert_array_equal(to_numpy(t(make_input(img, kind))), img)
 
 
 def test_seeded_determinism_and_replay():
     img = np.random.default_rng(4).random((1, 64, 64)).astype(np.float32)
-    outs = [_np(RandDualDomainMask(**SMALL).set_random_state(s)(img)) for s in (7, 7, 8)]
+    outs = [to_numpy(RandDualDomainMask(**SMALL).set_random_state(s)(img)) for s in (7, 7, 8)]
     np.testing.assert_array_equal(outs[0], outs[1])
     assert not np.array_equal(outs[0], outs[2])
     t = RandDualDomainMask(**SMALL)
     with pytest.raises(RuntimeError, match="randomize"):
         t(img, randomize=False)
-    np.testing.assert_array_equal(_np(t(img)), _np(t(img, randomize=False)))
+    np.testing.assert_array_equal(to_numpy(t(img)), to_numpy(t(img, randomize=False)))
 
 
 @pytest.mark.parametrize(
@@ -170,14 +140,14 @@ def test_dict_matches_array_and_writes_target_and_masks(kind):
         keys="image", target_key="target", spatial_mask_key="spa", frequency_mask_key="freq", **SMALL
     )
     assert td.set_random_state(6) is td
-    d = td({"image": _make(img, kind), "organ": "breast"})
+    d = td({"image": make_input(img, kind), "organ": "breast"})
     ta = RandDualDomainMask(**SMALL).set_random_state(6)
-    np.testing.assert_array_equal(_np(d["image"]), _np(ta(img)))
-    np.testing.assert_array_equal(_np(d["target"]), img)
+    np.testing.assert_array_equal(to_numpy(d["image"]), to_numpy(ta(img)))
+    np.testing.assert_array_equal(to_numpy(d["target"]), img)
     assert isinstance(d["target"], torch.Tensor) and d["organ"] == "breast"
     assert d["spa"].shape == (1, 45, 37) and d["freq"].shape == (1, 45, 37)
-    np.testing.assert_array_equal(_np(d["spa"])[0] == 1, _oracle_pixel_mask(ta.block_grid, 45, 37, 8))
-    np.testing.assert_array_equal(_np(d["freq"])[0] == 1, _oracle_stop_mask(45, 37, 5, 4, "linear", ta.band_ids))
+    np.testing.assert_array_equal(to_numpy(d["spa"])[0] == 1, oracle_pixel_mask(ta.block_grid, 45, 37, 8))
+    np.testing.assert_array_equal(to_numpy(d["freq"])[0] == 1, _oracle_stop_mask(45, 37, 5, 4, "linear", ta.band_ids))
 
 
 def test_dict_multiple_keys_share_draw():
@@ -186,9 +156,9 @@ def test_dict_multiple_keys_share_draw():
     td = RandDualDomainMaskd(keys=["a", "b"], target_key=["ta", "tb"], **SMALL).set_random_state(1)
     d = td({"a": a, "b": b})
     ta = RandDualDomainMask(**SMALL).set_random_state(1)
-    np.testing.assert_array_equal(_np(d["a"]), _np(ta(a)))
-    np.testing.assert_array_equal(_np(d["b"]), _np(ta(b, randomize=False)))
-    np.testing.assert_array_equal(_np(d["tb"]), b)
+    np.testing.assert_array_equal(to_numpy(d["a"]), to_numpy(ta(a)))
+    np.testing.assert_array_equal(to_numpy(d["b"]), to_numpy(ta(b, randomize=False)))
+    np.testing.assert_array_equal(to_numpy(d["tb"]), b)
 
 
 def test_dict_validation():
@@ -234,10 +204,10 @@ def test_batched_equals_per_sample_for_same_draws(device, dtype, shape, spacing,
     draws = batched.draws_from_transforms(transforms)
     out, masks = batched.apply(images, draws, return_masks=True)
     assert out.dtype == dtype and out.device.type == device and type(out) is torch.Tensor
-    torch.testing.assert_close(out, expected, **_tol(dtype))
+    torch.testing.assert_close(out, expected, **fft_tol(dtype))
     assert masks.shape == (5, 1, h, w) and masks.dtype == torch.bool
     for i, t in enumerate(transforms):
-        np.testing.assert_array_equal(_np(masks[i, 0]), _oracle_pixel_mask(t.block_grid, h, w, 8))
+        np.testing.assert_array_equal(to_numpy(masks[i, 0]), oracle_pixel_mask(t.block_grid, h, w, 8))
     assert len(batched._rfft_maps) == (1 if use_freq else 0)  # cached per (H, W, device)
     batched.apply(images, draws)
     assert len(batched._rfft_maps) == (1 if use_freq else 0)

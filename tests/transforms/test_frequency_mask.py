@@ -15,6 +15,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
+from masking_oracles import DEVICES, DTYPES, INPUT_TYPES, make_input, to_numpy
 from usfm_monai.transforms.frequency_mask import (
     RandFrequencyBandStopMask,
     RandFrequencyBandStopMaskd,
@@ -24,14 +25,6 @@ from usfm_monai.transforms.frequency_mask import (
     frequency_band_map,
 )
 
-DEVICES = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param(
-        "cuda", id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
-    ),
-]
-INPUT_TYPES = ["numpy", "torch", "metatensor"]
-DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
 GEOMETRIES = [
     pytest.param((64, 64), 7, 10, "linear", id="64x64-linear"),
     pytest.param((45, 37), 7, 10, "linear", id="45x37-linear"),
@@ -41,17 +34,6 @@ GEOMETRIES = [
     pytest.param((64, 48), 3, 1, "log", id="64x48-log-k1"),
     pytest.param((224, 224), 7, 10, "linear", id="224x224-paper"),
 ]
-
-
-def _make(arr: np.ndarray, kind: str, device: str = "cpu"):
-    if kind == "numpy":
-        return arr
-    t = torch.as_tensor(arr, device=device)
-    return MetaTensor(t, meta={"filename_or_obj": "img.png"}) if kind == "metatensor" else t
-
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def _oracle_geometry(h: int, w: int, n: int, keep: int, spacing: str):
@@ -133,7 +115,7 @@ def test_spectrum_zero_on_chosen_bands_and_untouched_elsewhere(kind, dtype, shap
     img = np.random.default_rng(0).random((2, h, w)).astype(dtype)
     t = RandFrequencyBandStopMask(num_bands=n, num_masked_bands=2, keep_size=keep, band_spacing=spacing)
     t.set_random_state(1)
-    out = _np(t(_make(img, kind)))
+    out = to_numpy(t(make_input(img, kind)))
     assert out.dtype == dtype
     ids = t.band_ids
     assert ids.shape == (2,) and len(set(ids.tolist())) == 2 and ids.min() >= 0 and ids.max() < n
@@ -155,7 +137,7 @@ def test_real_part_keeps_sign_of_zero_mean_input():
     img = rng.standard_normal((1, 45, 37)).astype(np.float32)
     img -= img.mean()
     t = RandFrequencyBandStopMask(num_bands=7, num_masked_bands=3, keep_size=10).set_random_state(0)
-    out = _np(t(img))
+    out = to_numpy(t(img))
     stop = t.stop_mask((45, 37))
     expected = np.fft.ifft2(np.fft.ifftshift(_spectrum(img) * ~stop)).real
     np.testing.assert_allclose(out, expected, atol=1e-5)
@@ -166,8 +148,8 @@ def test_real_part_keeps_sign_of_zero_mean_input():
 @pytest.mark.parametrize("kind", INPUT_TYPES)
 def test_zero_masked_bands_is_exact_noop(kind):
     img = np.random.default_rng(3).random((2, 45, 37)).astype(np.float32)
-    out = RandFrequencyBandStopMask(num_masked_bands=0)(_make(img, kind))
-    np.testing.assert_array_equal(_np(out), img)
+    out = RandFrequencyBandStopMask(num_masked_bands=0)(make_input(img, kind))
+    np.testing.assert_array_equal(to_numpy(out), img)
 
 
 def test_band_ids_drawn_without_replacement_uniformly():
@@ -203,7 +185,7 @@ def test_batched_band_ids(device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 def test_type_dtype_device_preserved(device, kind, dtype):
     x = torch.rand(1, 24, 20, dtype=dtype)
-    out = RandFrequencyBandStopMask(num_bands=4, num_masked_bands=2, keep_size=3)(_make(x.numpy(), kind, device))
+    out = RandFrequencyBandStopMask(num_bands=4, num_masked_bands=2, keep_size=3)(make_input(x.numpy(), kind, device))
     assert isinstance(out, torch.Tensor) and out.dtype == dtype and out.device.type == device
     if kind == "metatensor":
         assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "img.png"
@@ -213,7 +195,7 @@ def test_type_dtype_device_preserved(device, kind, dtype):
 
 def test_seeded_determinism():
     img = np.random.default_rng(4).random((1, 64, 64)).astype(np.float32)
-    outs = [_np(RandFrequencyBandStopMask().set_random_state(s)(img)) for s in (7, 7, 8)]
+    outs = [to_numpy(RandFrequencyBandStopMask().set_random_state(s)(img)) for s in (7, 7, 8)]
     np.testing.assert_array_equal(outs[0], outs[1])
     assert not np.array_equal(outs[0], outs[2])
 
@@ -223,7 +205,7 @@ def test_randomize_false_requires_draw_and_replays():
     t = RandFrequencyBandStopMask(keep_size=4)
     with pytest.raises(RuntimeError, match="randomize"):
         t(img, randomize=False)
-    np.testing.assert_array_equal(_np(t(img)), _np(t(img, randomize=False)))
+    np.testing.assert_array_equal(to_numpy(t(img)), to_numpy(t(img, randomize=False)))
 
 
 def test_fully_kept_spectrum_raises_at_call():
@@ -258,14 +240,14 @@ def test_dict_matches_array_and_writes_stop_mask(kind):
     img, other = rng.random((1, 45, 37)).astype(np.float32), rng.random((2, 45, 37)).astype(np.float32)
     td = RandFrequencyBandStopMaskd(keys=["image", "other"], keep_size=6, mask_key="freq_mask")
     assert td.set_random_state(3) is td
-    d = td({"image": _make(img, kind), "other": _make(other, kind)})
+    d = td({"image": make_input(img, kind), "other": make_input(other, kind)})
     ta = RandFrequencyBandStopMask(keep_size=6).set_random_state(3)
-    np.testing.assert_array_equal(_np(d["image"]), _np(ta(img)))
-    np.testing.assert_array_equal(_np(d["other"]), _np(ta(other, randomize=False)))
+    np.testing.assert_array_equal(to_numpy(d["image"]), to_numpy(ta(img)))
+    np.testing.assert_array_equal(to_numpy(d["other"]), to_numpy(ta(other, randomize=False)))
     _, _, _, bands = _oracle_geometry(45, 37, 7, 6, "linear")
     stop = np.any([bands[b] for b in ta.band_ids], axis=0)
     assert d["freq_mask"].shape == (1, 45, 37)
-    np.testing.assert_array_equal(_np(d["freq_mask"])[0] == 1, stop)
+    np.testing.assert_array_equal(to_numpy(d["freq_mask"])[0] == 1, stop)
 
 
 def test_dict_checks_shapes_and_keys():

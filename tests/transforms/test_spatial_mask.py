@@ -13,6 +13,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
+from masking_oracles import DEVICES, DTYPES, INPUT_TYPES, make_input, oracle_pixel_mask, to_numpy, tol
 from usfm_monai.transforms.spatial_mask import (
     RandSpatialMeanMask,
     RandSpatialMeanMaskd,
@@ -21,38 +22,7 @@ from usfm_monai.transforms.spatial_mask import (
     spatial_mean_mask,
 )
 
-DEVICES = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param(
-        "cuda", id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
-    ),
-]
-INPUT_TYPES = ["numpy", "torch", "metatensor"]
-DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
 SHAPES = [pytest.param((2, 45, 37), 16, id="2x45x37-b16"), pytest.param((1, 64, 64), 16, id="1x64x64-b16")]
-
-
-def _make(arr: np.ndarray, kind: str, device: str = "cpu"):
-    if kind == "numpy":
-        return arr
-    t = torch.as_tensor(arr, device=device)
-    return MetaTensor(t, meta={"filename_or_obj": "img.png"}) if kind == "metatensor" else t
-
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def _oracle_pixel_mask(grid: np.ndarray, h: int, w: int, b: int) -> np.ndarray:
-    mask = np.zeros((h, w), dtype=bool)
-    for i in range(grid.shape[0]):
-        for j in range(grid.shape[1]):
-            mask[i * b : (i + 1) * b, j * b : (j + 1) * b] = grid[i, j]
-    return mask
-
-
-def _tol(dtype) -> dict:
-    return {"rtol": 1e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
 
 
 @pytest.mark.parametrize("kind", INPUT_TYPES)
@@ -63,17 +33,17 @@ def test_masked_blocks_hold_mean_and_rest_untouched(kind, dtype, shape, block):
     img = rng.random(shape).astype(dtype)
     t = RandSpatialMeanMask(block_size=block, mask_ratio=0.5)
     t.set_random_state(3)
-    out = t(_make(img, kind))
+    out = t(make_input(img, kind))
     c, h, w = shape
     grid = t.block_grid
     assert grid.shape == (math.ceil(h / block), math.ceil(w / block)) and grid.dtype == bool
     assert grid.any() and not grid.all()  # the seed gives a mixed draw, so both branches are checked
-    mask = _oracle_pixel_mask(grid, h, w, block)
+    mask = oracle_pixel_mask(grid, h, w, block)
     np.testing.assert_array_equal(t.pixel_mask((h, w)), mask)
-    out_np = _np(out)
+    out_np = to_numpy(out)
     mean = img.astype(np.float64).mean(axis=(1, 2))
     for ch in range(c):
-        np.testing.assert_allclose(out_np[ch][mask], mean[ch], **_tol(dtype))
+        np.testing.assert_allclose(out_np[ch][mask], mean[ch], **tol(dtype))
         np.testing.assert_array_equal(out_np[ch][~mask], img[ch][~mask])
 
 
@@ -88,7 +58,7 @@ def test_draw_replays_randomstate():
 def test_edge_blocks_are_partial():
     img = np.arange(45 * 37, dtype=np.float32).reshape(1, 45, 37)
     t = RandSpatialMeanMask(block_size=16, mask_ratio=1.0)
-    out = _np(t(img))
+    out = to_numpy(t(img))
     assert t.block_grid.shape == (3, 3) and t.block_grid.all()
     np.testing.assert_allclose(out, np.full_like(img, img.mean()), rtol=1e-6)
 
@@ -107,9 +77,9 @@ def test_mask_fraction_matches_ratio():
 @pytest.mark.parametrize("kind", INPUT_TYPES)
 def test_ratio_zero_is_exact_noop_and_one_masks_all(kind):
     img = np.random.default_rng(1).random((2, 33, 20)).astype(np.float32)
-    out = RandSpatialMeanMask(block_size=8, mask_ratio=0.0)(_make(img, kind))
-    np.testing.assert_array_equal(_np(out), img)
-    out = _np(RandSpatialMeanMask(block_size=8, mask_ratio=1.0)(_make(img, kind)))
+    out = RandSpatialMeanMask(block_size=8, mask_ratio=0.0)(make_input(img, kind))
+    np.testing.assert_array_equal(to_numpy(out), img)
+    out = to_numpy(RandSpatialMeanMask(block_size=8, mask_ratio=1.0)(make_input(img, kind)))
     np.testing.assert_allclose(out, np.broadcast_to(img.mean(axis=(1, 2), keepdims=True), img.shape), rtol=1e-6)
 
 
@@ -117,9 +87,9 @@ def test_default_224():
     img = np.random.default_rng(2).random((1, 224, 224)).astype(np.float32)
     t = RandSpatialMeanMask()
     t.set_random_state(5)
-    out = _np(t(img))
+    out = to_numpy(t(img))
     assert t.block_grid.shape == (7, 7)
-    mask = _oracle_pixel_mask(t.block_grid, 224, 224, 32)
+    mask = oracle_pixel_mask(t.block_grid, 224, 224, 32)
     np.testing.assert_allclose(out[0][mask], img.mean(), rtol=1e-5)
     np.testing.assert_array_equal(out[0][~mask], img[0][~mask])
 
@@ -131,7 +101,7 @@ def test_type_dtype_device_preserved(device, kind, dtype):
     if kind == "numpy" and device != "cpu":
         pytest.skip("numpy arrays live on the CPU")
     x = torch.rand(1, 20, 20, dtype=dtype, device=device)
-    img = x.cpu().numpy() if kind == "numpy" else _make(x.cpu().numpy(), kind, device)
+    img = x.cpu().numpy() if kind == "numpy" else make_input(x.cpu().numpy(), kind, device)
     out = RandSpatialMeanMask(block_size=8, mask_ratio=0.5)(img)
     assert isinstance(out, torch.Tensor)
     assert out.dtype == dtype and out.device.type == device
@@ -141,9 +111,9 @@ def test_type_dtype_device_preserved(device, kind, dtype):
 
 def test_seeded_determinism():
     img = np.random.default_rng(3).random((1, 64, 64)).astype(np.float32)
-    a = _np(RandSpatialMeanMask(8, 0.4).set_random_state(7)(img))
-    b = _np(RandSpatialMeanMask(8, 0.4).set_random_state(7)(img))
-    c = _np(RandSpatialMeanMask(8, 0.4).set_random_state(8)(img))
+    a = to_numpy(RandSpatialMeanMask(8, 0.4).set_random_state(7)(img))
+    b = to_numpy(RandSpatialMeanMask(8, 0.4).set_random_state(7)(img))
+    c = to_numpy(RandSpatialMeanMask(8, 0.4).set_random_state(8)(img))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -153,8 +123,8 @@ def test_randomize_false_replays_and_requires_draw():
     t = RandSpatialMeanMask(8, 0.5)
     with pytest.raises(RuntimeError, match="randomize"):
         t(img, randomize=False)
-    first = _np(t(img))
-    np.testing.assert_array_equal(_np(t(img, randomize=False)), first)
+    first = to_numpy(t(img))
+    np.testing.assert_array_equal(to_numpy(t(img, randomize=False)), first)
     with pytest.raises(ValueError, match="block grid"):
         t(np.zeros((1, 48, 32), dtype=np.float32), randomize=False)  # grid drawn for 32 x 32
 
@@ -192,14 +162,14 @@ def test_dict_matches_array_and_shares_draw(kind):
     img, other = rng.random((1, 45, 37)).astype(np.float32), rng.random((3, 45, 37)).astype(np.float32)
     td = RandSpatialMeanMaskd(keys=["image", "other"], block_size=16, mask_ratio=0.5, mask_key="mask")
     assert td.set_random_state(9) is td
-    d = td({"image": _make(img, kind), "other": _make(other, kind), "label": 1})
+    d = td({"image": make_input(img, kind), "other": make_input(other, kind), "label": 1})
     ta = RandSpatialMeanMask(block_size=16, mask_ratio=0.5).set_random_state(9)
-    np.testing.assert_array_equal(_np(d["image"]), _np(ta(img)))
-    np.testing.assert_array_equal(_np(d["other"]), _np(ta(other, randomize=False)))  # same grid, own mean
+    np.testing.assert_array_equal(to_numpy(d["image"]), to_numpy(ta(img)))
+    np.testing.assert_array_equal(to_numpy(d["other"]), to_numpy(ta(other, randomize=False)))  # same grid, own mean
     np.testing.assert_array_equal(td.masker.block_grid, ta.block_grid)
-    mask = _np(d["mask"])
+    mask = to_numpy(d["mask"])
     assert mask.shape == (1, 45, 37) and d["mask"].dtype == torch.float32
-    np.testing.assert_array_equal(mask[0] == 1, _oracle_pixel_mask(ta.block_grid, 45, 37, 16))
+    np.testing.assert_array_equal(mask[0] == 1, oracle_pixel_mask(ta.block_grid, 45, 37, 16))
     assert d["label"] == 1
 
 
@@ -222,14 +192,14 @@ def test_dict_set_random_state_reaches_inner():
     img = np.random.default_rng(6).random((1, 32, 32)).astype(np.float32)
     a = RandSpatialMeanMaskd(keys="image", block_size=8).set_random_state(1)({"image": img})["image"]
     b = RandSpatialMeanMaskd(keys="image", block_size=8).set_random_state(1)({"image": img})["image"]
-    np.testing.assert_array_equal(_np(a), _np(b))
+    np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 
 
 def test_block_grid_to_pixel_mask_numpy_and_torch_batched():
     grids = np.random.default_rng(7).random((3, 4, 4)) < 0.5
-    expected = np.stack([_oracle_pixel_mask(g, 40, 50, 13) for g in grids])
+    expected = np.stack([oracle_pixel_mask(g, 40, 50, 13) for g in grids])
     np.testing.assert_array_equal(block_grid_to_pixel_mask(grids, (40, 50), 13), expected)
-    np.testing.assert_array_equal(_np(block_grid_to_pixel_mask(torch.as_tensor(grids), (40, 50), 13)), expected)
+    np.testing.assert_array_equal(to_numpy(block_grid_to_pixel_mask(torch.as_tensor(grids), (40, 50), 13)), expected)
     with pytest.raises(ValueError, match="does not fit"):
         block_grid_to_pixel_mask(grids, (60, 50), 13)
 
@@ -240,9 +210,9 @@ def test_batched_spatial_matches_per_sample(device):
     gen = torch.Generator(device=device).manual_seed(0)
     grids = draw_block_grids(4, (45, 37), 16, 0.5, generator=gen)
     assert grids.shape == (4, 3, 3) and grids.dtype == torch.bool and grids.device.type == device
-    out = _np(spatial_mean_mask(images, block_grid_to_pixel_mask(grids, (45, 37), 16)))
-    x = _np(images)
-    for i, grid in enumerate(_np(grids)):
-        mask = _oracle_pixel_mask(grid, 45, 37, 16)
+    out = to_numpy(spatial_mean_mask(images, block_grid_to_pixel_mask(grids, (45, 37), 16)))
+    x = to_numpy(images)
+    for i, grid in enumerate(to_numpy(grids)):
+        mask = oracle_pixel_mask(grid, 45, 37, 16)
         expected = np.where(mask, x[i].mean(axis=(1, 2), keepdims=True), x[i])
         np.testing.assert_allclose(out[i], expected, rtol=1e-12)

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monai.config import PathLike
+
+from usfm_monai.io import save_json_atomic
 
 __all__ = ["TASK_REQUIRED_KEYS", "PATH_KEYS", "load_datalist", "resolve_datalist", "write_datalist"]
 
@@ -257,17 +258,4 @@ def write_datalist(
             {k: (_relative(v, base) if k in path_keys else v) for k, v in item.items()} for item in items
         ]
     data["metadata"] = dict(metadata or {})
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a datalist is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return save_json_atomic(data, path)

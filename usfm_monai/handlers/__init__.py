@@ -1,6 +1,6 @@
 """MONAI/Ignite handlers: atomic checkpoints and resume, NaN guard, progress, figures, encoder export."""
 
-from usfm_monai.handlers.checkpoint import BestModelSaver, TrainingCheckpoint, save_atomic, state_dicts
+from usfm_monai.handlers.checkpoint import BestModelSaver, TrainingCheckpoint, state_dicts
 from usfm_monai.handlers.export import EncoderExport
 from usfm_monai.handlers.metric_summary import MetricSummary
 from usfm_monai.handlers.figures import ReconstructionFigures, masked_views
@@ -17,6 +17,5 @@ __all__ = [
     "TrainingCheckpoint",
     "every_n_iterations",
     "masked_views",
-    "save_atomic",
     "state_dicts",
 ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,33 +20,11 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
 from usfm_monai.bundle import is_main_process
+from usfm_monai.io import save_torch_atomic
 
-__all__ = ["save_atomic", "state_dicts", "TrainingCheckpoint", "BestModelSaver"]
+__all__ = ["state_dicts", "TrainingCheckpoint", "BestModelSaver"]
 
 logger = logging.getLogger(__name__)
-
-
-def save_atomic(obj: Any, path: str) -> str:
-    """``torch.save`` ``obj`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    Returns:
-        the absolute path written.
-    """
-    path = os.path.abspath(path)
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
 
 
 def _unwrap(obj: Any) -> Any:
@@ -137,7 +114,7 @@ class TrainingCheckpoint:
         if loss is not None and not bool(torch.isfinite(torch.as_tensor(loss)).all()):
             logger.error(f"loss is not finite at iteration {engine.state.iteration}: checkpoint {self.path} kept as is.")
             return
-        save_atomic(state_dicts(self._objects(engine)), self.path)
+        save_torch_atomic(state_dicts(self._objects(engine)), self.path)
         logger.info(f"saved training checkpoint (epoch {engine.state.epoch}, iteration {engine.state.iteration}) "
                     f"to {self.path}")
 
@@ -175,7 +152,7 @@ class BestModelSaver:
 
     Attach it to the *evaluator*: MONAI workflows update ``engine.state.best_metric`` at ``EPOCH_COMPLETED``
     before later handlers run, so this handler sees the new best in the same event. The file is written
-    atomically (``save_atomic``) and holds ``{name: state_dict}`` for ``save_dict``, the layout MONAI's
+    atomically (``save_torch_atomic``) and holds ``{name: state_dict}`` for ``save_dict``, the layout MONAI's
     ``CheckpointLoader`` and ``ckpt_export`` read.
 
     Args:
@@ -208,7 +185,7 @@ class BestModelSaver:
         if best_epoch == self._best_epoch or best_epoch != engine.state.epoch:
             return
         self._best_epoch = best_epoch
-        path = save_atomic(state_dicts(self.save_dict), os.path.join(self.save_dir, self.filename))
+        path = save_torch_atomic(state_dicts(self.save_dict), os.path.join(self.save_dir, self.filename))
         logger.info(f"new best key metric {engine.state.best_metric:.4f} at epoch {best_epoch}: saved {path}")
         for fn in self.on_save:
             fn(engine)

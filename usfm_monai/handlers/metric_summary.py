@@ -6,12 +6,9 @@ mean ± std table the paper reports (Tables 2-4) as one machine-readable file, g
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 from collections import defaultdict
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +16,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from usfm_monai.bundle import is_main_process
+from usfm_monai.io import save_json_atomic
 from usfm_monai.metrics import summarize
 
 __all__ = ["MetricSummary"]
@@ -101,11 +99,6 @@ class MetricSummary:
             summary["groups"] = {
                 g: {name: _summary(v) for name, v in metrics.items()} for g, metrics in sorted(groups.items())
             }
-        os.makedirs(self.output_dir, exist_ok=True)
-        path = os.path.join(self.output_dir, self.filename)
-        fd, tmp = tempfile.mkstemp(prefix=".summary.", suffix=".json", dir=self.output_dir)
-        with os.fdopen(fd, "w") as f:
-            json.dump(summary, f, indent=2, allow_nan=True)
-        os.replace(tmp, path)
+        path = save_json_atomic(summary, os.path.join(self.output_dir, self.filename))
         lines = [f"{k}: {v['mean']:.4f} ± {v['std']:.4f} (n={v['n']})" for k, v in summary["metrics"].items()]
         logger.info(f"metric summary written to {path}: " + "; ".join(lines))

@@ -10,12 +10,12 @@ final-norm patch tokens as a ``(B, D, H/16, W/16)`` map, a 1×1 convolution to `
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
+from usfm_monai.io import save_torch_atomic
 from usfm_monai.networks.encoder import USFMEncoder, check_encoder_kwargs, create_usfm_encoder
 
 __all__ = ["USFMMaskedImageModel", "export_encoder"]
@@ -134,12 +134,5 @@ def export_encoder(
         raise FileNotFoundError(f"folder of the export path does not exist: {folder!r}.")
     full_config = _check_plain(dict(encoder.init_config, **dict(config or {})), "config")
     state = {k: v.detach().to("cpu").clone() for k, v in encoder.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"state_dict": state, "config": full_config}, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_torch_atomic({"state_dict": state, "config": full_config}, path)
     return path

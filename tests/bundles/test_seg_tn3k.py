@@ -1,0 +1,143 @@
+"""Tests of bundles/seg_tn3k: metadata, standard properties, and a tiny train -> evaluate -> infer run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUNDLE = os.path.join(REPO, "bundles", "seg_tn3k")
+CONFIGS = os.path.join(BUNDLE, "configs")
+SCHEMA = "/work/shared/monai/meta_schema_20240725.json"
+
+# CPU-sized settings on top of quick.json: a 64 px tiny UPerNet, 40 synthetic images of 96 px
+TINY = {
+    "image_size": 64,
+    "synthetic_num_images": 40,
+    "synthetic_image_size": 96,
+    "num_workers": 0,
+}
+
+
+def _config(*names: str) -> str:
+    return "[" + ",".join(repr(os.path.join(CONFIGS, n)) for n in names) + "]"
+
+
+def _run(config_file: str, bundle_root, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file, "--bundle_root", str(bundle_root)]
+    for key, value in TINY.items():
+        cmd += [f"--{key}", str(value)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(cmd + list(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.skipif(not os.path.isfile(SCHEMA), reason="MONAI metadata schema not available offline")
+def test_verify_metadata():
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=os.path.join(CONFIGS, "metadata.json"), filepath=SCHEMA)  # raises when invalid
+    with open(os.path.join(CONFIGS, "metadata.json")) as f:
+        meta = json.load(f)
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    assert pred["channel_def"] == {"0": "background", "1": "lesion"}
+    assert meta["network_data_format"]["inputs"]["image"]["modality"] == "US"
+
+
+@pytest.mark.parametrize(
+    "workflow_type, files", [("train", ("train.json", "quick.json")), ("infer", ("inference.json",))]
+)
+def test_standard_properties(tmp_path, workflow_type, files):
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        config_file=[os.path.join(CONFIGS, f) for f in files],
+        meta_file=os.path.join(CONFIGS, "metadata.json"),
+        logging_file=os.path.join(CONFIGS, "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(tmp_path),
+        encoder_size="tiny",
+        **TINY,
+    )
+    workflow.initialize()
+    assert not workflow.check_properties()
+
+
+def test_missing_pretrained_weights_fail_clearly(tmp_path):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(os.path.join(CONFIGS, "train.json"))
+    parser.update({"bundle_root": str(tmp_path), "encoder_size": "tiny", "image_size": 64})
+    with pytest.raises(RuntimeError) as info:
+        parser.get_parsed_content("network_def")
+    cause = info.value.__cause__
+    assert isinstance(cause, FileNotFoundError) and os.path.join(str(tmp_path), "models", "usfm_encoder.pt") in str(cause)
+
+
+def _rows(path: str) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_train_evaluate_infer_end_to_end(tmp_path):
+    root = tmp_path / "bundle"
+    _run(_config("train.json", "quick.json"), root, "--epochs", "2")
+    assert os.path.isfile(root / "models" / "model.pt") and os.path.isfile(root / "models" / "checkpoint_last.pt")
+    import torch
+
+    state = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert set(state) == {"model"} and any(k.startswith("decode_head.") for k in state["model"])
+
+    # evaluate on the test split: per-image CSV from MetricsSaver and the summary JSON must agree
+    _run(_config("train.json", "quick.json", "evaluate.json"), root)
+    eval_dir = root / "eval" / "test"
+    with open(root / "data" / "synthetic_segmentation" / "datalist.json") as f:
+        test_items = json.load(f)["test"]
+    with open(eval_dir / "summary.json") as f:
+        summary = json.load(f)["metrics"]
+    assert set(summary) == {"dsc", "hd95", "iou", "acc", "sen"}
+    for name in ("dsc", "iou", "acc", "sen"):
+        values = np.array([float(r["class0"]) for r in _rows(eval_dir / f"{name}_raw.csv")])
+        assert len(values) == len(test_items) and np.all((values >= 0) & (values <= 1))
+        assert summary[name]["n"] == len(test_items)
+        assert summary[name]["mean"] == pytest.approx(values.mean(), abs=1e-6)
+    dsc = np.array([float(r["class0"]) for r in _rows(eval_dir / "dsc_raw.csv")])
+    iou = np.array([float(r["class0"]) for r in _rows(eval_dir / "iou_raw.csv")])
+    np.testing.assert_allclose(iou, dsc / (2 - dsc), atol=1e-5)  # IoU = DSC / (2 - DSC) for every image
+    assert len(os.listdir(eval_dir / "overlays")) == len(test_items)
+
+    # inference on a folder holding a non-square grayscale PNG and an RGB JPEG
+    src = Image.open(os.path.join(root, "data", "synthetic_segmentation", test_items[0]["image"]))
+    gray = np.asarray(src.convert("L"))[:, 8:88]  # (96, 80): H != W
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    Image.fromarray(gray).save(inputs / "case_a.png")
+    Image.fromarray(np.repeat(gray[:70, :][..., None], 3, axis=-1)).save(inputs / "case_b.jpg", quality=95)
+    out = tmp_path / "pred"
+    _run(_config("inference.json"), root, "--encoder_size", "tiny", "--dataset_dir", str(inputs), "--output_dir", str(out))
+    for stem, shape in (("case_a", (96, 80)), ("case_b", (70, 80))):
+        mask = Image.open(out / f"{stem}_seg.png")
+        assert mask.mode == "L" and mask.size[::-1] == shape
+        assert set(np.unique(np.asarray(mask))) <= {0, 1}
+        overlay = np.asarray(Image.open(out / "overlays" / f"{stem}_overlay.png")).astype(float)
+        assert overlay.shape == (*shape, 3)
+        # the overlay's gray background is the input image brought back through Invertd: same orientation
+        source = gray[: shape[0]].astype(float)
+        background = np.asarray(mask) == 0
+        assert background.any()
+        corr = np.corrcoef(overlay[..., 1][background], source[background])[0, 1]
+        flipped = np.corrcoef(overlay[..., 1][background], source[:, ::-1][background])[0, 1]
+        assert corr > 0.9 and corr > flipped + 0.2
+        # colored (lesion) pixels are exactly the mask's foreground
+        colored = np.abs(overlay[..., 0] - overlay[..., 1]) > 2
+        np.testing.assert_array_equal(colored, ~background)
