@@ -91,7 +91,7 @@ def _rows(path: str) -> list[dict]:
 @pytest.mark.slow
 def test_train_evaluate_infer_end_to_end(tmp_path):
     root = tmp_path / "bundle"
-    _run(_config("train.json", "quick.json"), root, "--epochs", "2")
+    _run(_config("train.json", "quick.json"), root, "--epochs", "1")
     assert os.path.isfile(root / "models" / "model.pt") and os.path.isfile(root / "models" / "checkpoint_last.pt")
     import torch
 
@@ -116,9 +116,11 @@ def test_train_evaluate_infer_end_to_end(tmp_path):
     np.testing.assert_allclose(iou, dsc / (2 - dsc), atol=1e-5)  # IoU = DSC / (2 - DSC) for every image
     assert len(os.listdir(eval_dir / "overlays")) == len(test_items)
 
-    # inference on a folder holding a non-square grayscale PNG and an RGB JPEG
-    src = Image.open(os.path.join(root, "data", "synthetic_segmentation", test_items[0]["image"]))
-    gray = np.asarray(src.convert("L"))[:, 8:88]  # (96, 80): H != W
+    # inference on a folder holding a non-square grayscale PNG and an RGB JPEG. A smooth, left-right asymmetric
+    # picture survives the 64 px round trip, so the overlay's gray level identifies the orientation.
+    rows, cols = np.mgrid[0:96, 0:80].astype(float)
+    gray = 255 * (0.6 * cols / 79 + 0.4 * np.exp(-((rows - 30) ** 2 + (cols - 20) ** 2) / 300))
+    gray = gray.astype(np.uint8)  # (96, 80): H != W
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     Image.fromarray(gray).save(inputs / "case_a.png")
@@ -137,7 +139,7 @@ def test_train_evaluate_infer_end_to_end(tmp_path):
         assert background.any()
         corr = np.corrcoef(overlay[..., 1][background], source[background])[0, 1]
         flipped = np.corrcoef(overlay[..., 1][background], source[:, ::-1][background])[0, 1]
-        assert corr > 0.9 and corr > flipped + 0.2
+        assert corr > 0.95 and flipped < 0.5
         # colored (lesion) pixels are exactly the mask's foreground
         colored = np.abs(overlay[..., 0] - overlay[..., 1]) > 2
         np.testing.assert_array_equal(colored, ~background)

@@ -1,6 +1,5 @@
 """Atomic saves and resume: an interrupted run resumed from its checkpoint ends where an uninterrupted run ends."""
 
-import os
 
 import pytest
 import torch

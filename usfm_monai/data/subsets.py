@@ -37,11 +37,11 @@ from monai.config import PathLike
 
 __all__ = [
     "DEFAULT_RATIOS",
+    "make_nested_subsets",
+    "make_pretrain_datalist",
     "selection_order",
     "stratum_of",
-    "make_nested_subsets",
     "subset_filename",
-    "make_pretrain_datalist",
 ]
 
 #: The label ratios of the paper's label-efficiency experiment (§4.1.3).

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["aggregate_results", "plot_label_efficiency", "plot_ablation"]
+__all__ = ["aggregate_results", "plot_ablation", "plot_label_efficiency"]
 
 
 def aggregate_results(rows: Sequence[Mapping[str, Any]], ddof: int = 1) -> list[dict[str, Any]]:
@@ -67,7 +67,7 @@ def _canvas(num_panels: int, panel_size: tuple[float, float]) -> tuple[Any, Any,
     from matplotlib.figure import Figure
 
     cols = min(num_panels, 3)
-    rows = int(math.ceil(num_panels / cols))
+    rows = math.ceil(num_panels / cols)
     fig = Figure(figsize=(panel_size[0] * cols, panel_size[1] * rows), layout="constrained")
     canvas = FigureCanvasAgg(fig)
     axes = [fig.add_subplot(rows, cols, i + 1) for i in range(num_panels)]
@@ -90,29 +90,28 @@ def _check_panels(panels: Any) -> list[tuple[str, str]]:
     return [(str(t), str(m)) for t, m in panels]
 
 
-def plot_label_efficiency(
+def label_efficiency_figure(
     rows: Sequence[Mapping[str, Any]],
-    path: str,
     panels: Mapping[str, str] | Sequence[tuple[str, str]],
     methods: Sequence[str] | None = None,
     titles: Mapping[str, str] | None = None,
     ddof: int = 1,
-    dpi: int = 120,
-) -> str:
+) -> Any:
     """Fig. 10: a metric against the label ratio, one line per method, a mean ± std band over seeds.
+
+    Each panel's x axis is the label ratio in percent; each method is one line through the means (in ratio
+    order) and, where the std is finite, a ``fill_between`` band from mean - std to mean + std.
 
     Args:
         rows: result rows (see :func:`aggregate_results`).
-        path: the PNG to write (folders are created).
         panels: ``{task: metric}`` or ``[(task, metric), ...]``, one panel each, e.g. ``{"busi_seg": "dsc",
             "busi_cls": "f1"}`` (the paper plots DSC and F1).
         methods: methods to draw, in legend order; default: all, in order of first appearance.
         titles: panel titles by task; default: the task name.
         ddof: std over seeds (1 = sample std; a single seed draws no band).
-        dpi: resolution of the PNG.
 
     Returns:
-        the absolute path of the PNG.
+        a ``matplotlib.figure.Figure`` with an Agg canvas, one axes per panel.
 
     Raises:
         ValueError: ``panels`` is empty or malformed, or a panel has no data.
@@ -145,36 +144,48 @@ def plot_label_efficiency(
         ax.set_ylabel(metric)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-    return _save(fig, path, dpi)
+    return fig
 
 
-def plot_ablation(
+def plot_label_efficiency(
     rows: Sequence[Mapping[str, Any]],
     path: str,
+    panels: Mapping[str, str] | Sequence[tuple[str, str]],
+    methods: Sequence[str] | None = None,
+    titles: Mapping[str, str] | None = None,
+    ddof: int = 1,
+    dpi: int = 120,
+) -> str:
+    """Draw :func:`label_efficiency_figure` and save it as a PNG at ``path`` (folders created); return its path."""
+    return _save(label_efficiency_figure(rows, panels, methods, titles, ddof), path, dpi)
+
+
+def ablation_figure(
+    rows: Sequence[Mapping[str, Any]],
     panels: Mapping[str, str] | Sequence[tuple[str, str]],
     methods: Sequence[str],
     ratio: float | None = None,
     titles: Mapping[str, str] | None = None,
     ddof: int = 1,
-    dpi: int = 120,
-) -> str:
+) -> Any:
     """Fig. 11: grouped bars, one group per (task, metric) panel, one bar per method, error bar = std over seeds.
+
+    Bar ``m`` of group ``g`` is centred at ``g + (m - (M - 1) / 2) * 0.8 / M`` (``M`` methods) with the height of
+    the method's mean at the compared ratio; a method without a result there has no bar in that group.
 
     Args:
         rows: result rows (see :func:`aggregate_results`).
-        path: the PNG to write (folders are created).
         panels: ``{task: metric}`` or ``[(task, metric), ...]``; each becomes a group of bars.
         methods: the compared methods, in bar order (e.g. ``["USFM", "USFM-woF", "USFM-woS"]``).
         ratio: the label ratio compared; default: the largest ratio of each panel.
         titles: group labels by task; default: the task name.
         ddof: std over seeds.
-        dpi: resolution of the PNG.
 
     Returns:
-        the absolute path of the PNG.
+        a ``matplotlib.figure.Figure`` with an Agg canvas and one axes.
 
     Raises:
-        ValueError: ``panels`` or ``methods`` is empty, or a panel has no result at the ratio.
+        ValueError: ``panels`` or ``methods`` is empty, or a panel has no result of these methods.
     """
     panel_list = _check_panels(panels)
     methods = list(methods)
@@ -212,4 +223,18 @@ def plot_ablation(
     ax.set_ylabel("metric (mean ± std over seeds)")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, path, dpi)
+    return fig
+
+
+def plot_ablation(
+    rows: Sequence[Mapping[str, Any]],
+    path: str,
+    panels: Mapping[str, str] | Sequence[tuple[str, str]],
+    methods: Sequence[str],
+    ratio: float | None = None,
+    titles: Mapping[str, str] | None = None,
+    ddof: int = 1,
+    dpi: int = 120,
+) -> str:
+    """Draw :func:`ablation_figure` and save it as a PNG at ``path`` (folders created); return its path."""
+    return _save(ablation_figure(rows, panels, methods, ratio, titles, ddof), path, dpi)

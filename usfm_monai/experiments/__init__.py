@@ -1,0 +1,27 @@
+"""Label-efficiency and ablation experiments (paper §4.1.3-4.1.4, Fig. 10-11): a grid runner over the bundles."""
+
+from usfm_monai.experiments.grid import (
+    GridError,
+    load_preset,
+    plan_grid,
+    run_grid,
+    subprocess_runner,
+)
+from usfm_monai.experiments.plots import (
+    aggregate_results,
+    plot_ablation,
+    plot_label_efficiency,
+)
+
+__all__ = [
+    "GridError",
+    "ablation_figure",
+    "aggregate_results",
+    "label_efficiency_figure",
+    "load_preset",
+    "plan_grid",
+    "plot_ablation",
+    "plot_label_efficiency",
+    "run_grid",
+    "subprocess_runner",
+]
