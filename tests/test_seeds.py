@@ -27,8 +27,10 @@ EVAL_CONFIG = {
     "metrics_path": "$@bundle_root + '/eval/report.json'",
     "run": [
         "$os.makedirs(os.path.dirname(@metrics_path), exist_ok=True)",
-        "$open(@metrics_path, 'w').write(json.dumps({'metrics': {'acc': float(open(@trained_file).read()), "
-        "'f1': {'mean': 1.0 - 0.1 * @seed, 'std': 0.0}}}))",
+        (
+            "$open(@metrics_path, 'w').write(json.dumps({'metrics': {'acc': float(open(@trained_file).read()), "
+            "'f1': {'mean': 1.0 - 0.1 * @seed, 'std': 0.0}}}))"
+        ),
     ],
 }
 
@@ -98,7 +100,7 @@ def test_read_metrics_formats_and_errors(tmp_path):
     assert read_metrics(summary) == {"dsc": 0.7}
     with pytest.raises(FileNotFoundError, match="missing.json"):
         read_metrics(str(tmp_path / "missing.json"))
-    with pytest.raises(ValueError, match="'acc'"):
+    with pytest.raises(TypeError, match="'acc'"):
         read_metrics(_write(tmp_path / "bad.json", {"metrics": {"acc": "high"}}))
 
 

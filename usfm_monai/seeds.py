@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_seeds", "read_metrics", "summarize_seeds", "bundle_command"]
+__all__ = ["bundle_command", "read_metrics", "run_seeds", "summarize_seeds"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def read_metrics(path: str) -> dict[str, float]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist (the run wrote no metrics there).
-        ValueError: invalid JSON, or no ``metrics`` mapping of numbers / ``{"mean": number}``.
+        ValueError: invalid JSON, or no non-empty ``metrics`` mapping.
+        TypeError: a metric is neither a number nor ``{"mean": number, ...}``.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"metrics file {path} does not exist: check metrics_file and the run's log.")
@@ -85,7 +86,7 @@ def read_metrics(path: str) -> dict[str, float]:
         if isinstance(value, dict):
             value = value.get("mean")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(
+            raise TypeError(
                 f"metric {name!r} in {path} must be a number or {{'mean': number, ...}}, got {metrics[name]!r}."
             )
         out[str(name)] = float(value)

@@ -58,7 +58,8 @@ def _config(*names):
 def _cli(overrides):
     args = []
     for k, v in overrides.items():
-        args += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
+        # fire parses Python literals: True/False, not JSON's true/false (those would stay strings)
+        args += [f"--{k}", v if isinstance(v, str) else repr(v)]
     return args
 
 
@@ -80,7 +81,7 @@ def tiny_encoder_file(tmp_path_factory):
 
 @pytest.mark.parametrize("files,workflow_type", [(("train.json",), "train"), (("inference.json",), "infer")])
 def test_check_properties(files, workflow_type, tmp_path, tiny_encoder_file):
-    extra = {"synthetic_num_images": 8, "synthetic_image_size": 32, "usfm_size": "tiny", "num_workers": 0}
+    extra = {"synthetic_num_images": 40, "synthetic_image_size": 32, "usfm_size": "tiny", "num_workers": 0}
     if workflow_type == "train":
         extra.update(usfm_weights=tiny_encoder_file, usfm_img_size=32)
     workflow = ConfigWorkflow(config_file=_config(*files), workflow_type=workflow_type, bundle_root=str(tmp_path),
@@ -164,7 +165,11 @@ def test_train_resume_evaluate_infer(tmp_path, tiny_encoder_file, use_branch):
     generator.load_state_dict(state)
 
     # evaluate on the test split: per-image CSV, per-organ summary, side-by-side figures
-    _run_bundle(_config("train.json", "evaluate.json"), root, overrides)
+    workflow = ConfigWorkflow(config_file=_config("train.json", "evaluate.json"), workflow_type="eval",
+                              bundle_root=root, **overrides)  # in-process: the subprocess route is tested below
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
     eval_dir = os.path.join(root, "eval")
     summary = json.load(open(os.path.join(eval_dir, "summary.json")))
     assert set(summary["groups"]) == {"breast", "kidney", "liver", "thyroid"}

@@ -80,7 +80,36 @@ def test_missing_pretrained_weights_fail_clearly(tmp_path):
     with pytest.raises(RuntimeError) as info:
         parser.get_parsed_content("network_def")
     cause = info.value.__cause__
-    assert isinstance(cause, FileNotFoundError) and os.path.join(str(tmp_path), "models", "usfm_encoder.pt") in str(cause)
+    assert isinstance(cause, FileNotFoundError)
+    assert os.path.join(str(tmp_path), "models", "usfm_encoder.pt") in str(cause)
+
+
+@pytest.mark.parametrize("as_meta", [False, True], ids=["numpy", "MetaTensor"])
+def test_ensure_spatial_dims_drops_trailing_singletons_only(as_meta):
+    import torch
+    from monai.data import MetaTensor
+
+    from usfm_monai.transforms.segmentation import EnsureSpatialDims, EnsureSpatialDimsd
+
+    volume = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3, 1)  # a single-frame DICOM as ITK loads it
+    affine = torch.diag(torch.tensor([0.5, 0.25, 2.0, 1.0], dtype=torch.float64))
+    img = MetaTensor(torch.from_numpy(volume), affine=affine) if as_meta else volume
+    out = EnsureSpatialDims(2)(img)
+    np.testing.assert_array_equal(np.asarray(out), volume[..., 0])
+    if as_meta:  # the third spatial axis leaves the affine too: pixel spacings 0.5 and 0.25 stay
+        np.testing.assert_allclose(np.asarray(out.affine), np.diag([0.5, 0.25, 1.0]))
+    already_2d = volume[..., 0]
+    np.testing.assert_array_equal(np.asarray(EnsureSpatialDims(2)(already_2d)), already_2d)
+    d = EnsureSpatialDimsd(["image", "label"])({"image": volume, "label": volume > 10})
+    assert d["image"].shape == d["label"].shape == (2, 5, 3)
+    with pytest.raises(ValueError, match=r"multi-frame"):
+        EnsureSpatialDims(2)(np.zeros((1, 4, 4, 3)))
+    with pytest.raises(ValueError, match=r"2 spatial axes, got shape \(1, 4\)"):
+        EnsureSpatialDims(2)(np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="spatial_dims"):
+        EnsureSpatialDims(0)
+    with pytest.raises(KeyError):
+        EnsureSpatialDimsd("label")({"image": volume})
 
 
 def _rows(path: str) -> list[dict]:
@@ -126,7 +155,7 @@ def test_train_evaluate_infer_end_to_end(tmp_path):
     Image.fromarray(gray).save(inputs / "case_a.png")
     Image.fromarray(np.repeat(gray[:70, :][..., None], 3, axis=-1)).save(inputs / "case_b.jpg", quality=95)
     out = tmp_path / "pred"
-    _run(_config("inference.json"), root, "--encoder_size", "tiny", "--dataset_dir", str(inputs), "--output_dir", str(out))
+    _run(_config("inference.json", "quick.json"), root, "--dataset_dir", str(inputs), "--output_dir", str(out))
     for stem, shape in (("case_a", (96, 80)), ("case_b", (70, 80))):
         mask = Image.open(out / f"{stem}_seg.png")
         assert mask.mode == "L" and mask.size[::-1] == shape

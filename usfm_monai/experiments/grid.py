@@ -56,6 +56,7 @@ import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -272,6 +273,13 @@ def _resolve(path: str, base: str) -> str:
     return os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
 
 
+def _existing(paths: Sequence[str], where: str) -> list[str]:
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"config file(s) {missing} of {where} do not exist.")
+    return list(paths)
+
+
 def _ratio_dir(ratio: float) -> str:
     return f"ratio{ratio:g}"
 
@@ -297,6 +305,7 @@ def plan_grid(
     variables: Mapping[str, str] | None = None,
     python: str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    pretrain_overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Expand a preset (from :func:`load_preset`) into pretraining steps and cells, with their commands.
 
@@ -363,15 +372,22 @@ def plan_grid(
             for r in ratio_list
         }
         plan_tasks[task_name] = task
-        configs = [_resolve(sub(c), bundle) for c in _list_of_str(spec["config_files"], "config_files")]
-        eval_configs = [_resolve(sub(c), bundle) for c in _list_of_str(spec["eval_config_files"], "eval_config_files")]
+        configs = _existing([_resolve(sub(c), bundle) for c in _list_of_str(spec["config_files"], "config_files")],
+                            f"task {task_name!r}")
+        eval_configs = _existing(
+            [_resolve(sub(c), bundle) for c in _list_of_str(spec["eval_config_files"], "eval_config_files")],
+            f"task {task_name!r}",
+        )
         logging_file = _resolve(sub(spec["logging_file"]), bundle) if spec.get("logging_file") else None
         task_overrides = sub(spec.get("overrides") or {})
         for method_name, method in spec["methods"].items():
             if method_filter is not None and method_name not in method_filter:
                 continue
             msub = _Substituter(var, encoder_paths, f"method {method_name!r} of task {task_name!r}")
-            method_configs = [_resolve(msub(c), bundle) for c in _list_of_str(method.get("config_files", []), "config_files")]
+            method_configs = _existing(
+                [_resolve(msub(c), bundle) for c in _list_of_str(method.get("config_files", []), "config_files")],
+                f"method {method_name!r} of task {task_name!r}",
+            )
             method_overrides = msub(method.get("overrides") or {})
             needed_pretraining |= msub.used_pretraining | sub.used_pretraining
             for ratio in ratio_list:
@@ -402,7 +418,7 @@ def plan_grid(
         sub = _Substituter(var, encoder_paths, f"pretraining {name!r}")
         bundle = _resolve(sub(spec["bundle"]), root)
         step_root = os.path.join(output_dir, "pretrain", name)
-        args = {**sub(spec.get("overrides") or {}), "bundle_root": step_root}
+        args = {**sub(spec.get("overrides") or {}), **dict(pretrain_overrides or {}), "bundle_root": step_root}
         if "seed" in spec:
             args["seed"] = int(spec["seed"])
         datalist = None
@@ -414,7 +430,8 @@ def plan_grid(
                 "output": os.path.join(output_dir, "datalists", f"pretrain_{name}.json"),
             }
             args["datalist_file"] = datalist["output"]
-        configs = [_resolve(sub(c), bundle) for c in _list_of_str(spec["config_files"], "config_files")]
+        configs = _existing([_resolve(sub(c), bundle) for c in _list_of_str(spec["config_files"], "config_files")],
+                            f"pretraining {name!r}")
         logging_file = _resolve(sub(spec["logging_file"]), bundle) if spec.get("logging_file") else None
         args_file = os.path.join(step_root, "run_args.json")
         steps.append({
@@ -505,6 +522,7 @@ def run_grid(
     seeds: Sequence[int] | None = None,
     variables: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    pretrain_overrides: Mapping[str, Any] | None = None,
     dry_run: bool = False,
     python: str | None = None,
     runner: CellRunner | None = None,
@@ -529,6 +547,7 @@ def run_grid(
         variables: values of ``${name}`` placeholders, overriding the preset's ``variables``.
         overrides: config ids set in every cell (e.g. ``{"epochs": 2}`` for a smoke run); a finished cell is not
             rerun when they change, so use a new ``output_dir`` for different overrides.
+        pretrain_overrides: config ids set in every pretraining step (same caveat).
         dry_run: print the plan (steps, commands, which are finished) and return it; nothing is run or written.
         python: interpreter of the bundle runs; default: the preset's ``python`` or this interpreter.
         runner: runs one command (tests inject a fake); default :func:`subprocess_runner`.
@@ -545,17 +564,18 @@ def run_grid(
     start = time.monotonic()
     preset = load_preset(preset_file)
     output_dir = os.path.abspath(output_dir)
-    plan = plan_grid(preset, output_dir, tasks, methods, ratios, seeds, variables, python, overrides)
+    plan = plan_grid(preset, output_dir, tasks, methods, ratios, seeds, variables, python, overrides,
+                     pretrain_overrides)
     subset_seed = int(preset.get("subset_seed", 0))
     if dry_run:
         for step in plan["pretraining"]:
             state = "done" if os.path.isfile(step["done"]) else "to run"
-            print(f"pretraining {step['name']} ({state}): {' '.join(step['cmd'])}\n  args: {json.dumps(step['args'])}")
+            print(f"pretraining {step['name']} ({state}): {shlex.join(step['cmd'])}\n  args: {json.dumps(step['args'])}")
         for i, cell in enumerate(plan["cells"], 1):
             state = "done" if os.path.isfile(cell["result"]) else "to run"
             print(f"cell {i}/{len(plan['cells'])} {cell['task']}/{cell['method']} ratio={cell['ratio']:g} "
-                  f"seed={cell['seed']} ({state})\n  train: {' '.join(cell['train_cmd'])}\n"
-                  f"  eval:  {' '.join(cell['eval_cmd'])}\n  args: {json.dumps(cell['args'])}")
+                  f"seed={cell['seed']} ({state})\n  train: {shlex.join(cell['train_cmd'])}\n"
+                  f"  eval:  {shlex.join(cell['eval_cmd'])}\n  args: {json.dumps(cell['args'])}")
         return plan
 
     runner = runner or subprocess_runner

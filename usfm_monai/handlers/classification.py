@@ -2,7 +2,7 @@
 
 * :class:`ClassificationReport` (evaluator handler): the Table 3 metrics (ACC, macro Recall, macro PREC, macro F1,
   MCC), per-class precision / recall / F1 / support and the confusion matrix of one evaluation run, written as
-  ``classification_report.json``, ``confusion_matrix.csv`` and ``confusion_matrix.png``.
+  ``classification_report.json``, ``confusion_matrix.csv``, ``confusion_matrix.png`` and ``per_image.csv``.
 * :class:`ClassificationPredictionSaver` (inference handler): one CSV row per image with the class probabilities,
   the predicted class index and the predicted class name.
 * :func:`confusion_matrix_figure`: the confusion-matrix picture (counts and row-normalized fractions), drawn
@@ -31,12 +31,16 @@ from monai.handlers import from_engine
 from monai.utils import string_list_all_gather
 
 from usfm_monai.bundle import is_main_process
-from usfm_monai.metrics import CLASSIFICATION_METRICS, ClassificationMetric, classification_metrics
+from usfm_monai.metrics import (
+    CLASSIFICATION_METRICS,
+    ClassificationMetric,
+    classification_metrics,
+)
 from usfm_monai.visualize import save_png_atomic
 
 __all__ = [
-    "ClassificationReport",
     "ClassificationPredictionSaver",
+    "ClassificationReport",
     "confusion_matrix_figure",
     "per_class_scores",
 ]
@@ -184,8 +188,9 @@ class ClassificationReport:
         output_dir: destination folder.
         class_names: the ``K`` class names, in label-index order.
         output_transform: maps ``engine.state.output`` to ``(y_pred, y)``: ``y_pred`` logits or probabilities
-            ``(B, K)`` (or a list of ``(K,)``), ``y`` class indices ``(B,)`` / ``(B, 1)`` or one-hot ``(B, K)``.
-        prefix: prepended to the three file names (e.g. ``"test_"``).
+            ``(B, K)`` (or a list of ``(K,)``), ``y`` class indices ``(B,)`` / ``(B, 1)`` or one-hot ``(B, K)``;
+            default ``from_engine(["pred", "label"])``.
+        prefix: prepended to the file names (e.g. ``"test_"``).
         save_figure: also write the PNG.
         per_image: also write ``per_image.csv``; needs decollated outputs whose ``image_key`` is a ``MetaTensor``
             with ``filename_or_obj``.
@@ -200,7 +205,7 @@ class ClassificationReport:
         self,
         output_dir: str,
         class_names: Sequence[str],
-        output_transform: Callable[[Any], Any] = from_engine(["pred", "label"]),
+        output_transform: Callable[[Any], Any] | None = None,
         prefix: str = "",
         save_figure: bool = True,
         per_image: bool = True,
@@ -209,7 +214,7 @@ class ClassificationReport:
     ) -> None:
         self.output_dir = output_dir
         self.class_names = _check_class_names(class_names)
-        self.output_transform = output_transform
+        self.output_transform = from_engine(["pred", "label"]) if output_transform is None else output_transform
         self.prefix = prefix
         self.save_figure = save_figure
         self.per_image = per_image
@@ -283,7 +288,8 @@ class ClassificationReport:
             "epoch": int(engine.state.epoch),
             "info": self.extra,
         }
-        json_path = _write_text_atomic(json.dumps(self.report, indent=2) + "\n", self.path("classification_report.json"))
+        report_text = json.dumps(self.report, indent=2) + "\n"
+        json_path = _write_text_atomic(report_text, self.path("classification_report.json"))
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["true \\ predicted", *self.class_names])
@@ -292,13 +298,13 @@ class ClassificationReport:
         _write_text_atomic(buffer.getvalue(), self.path("confusion_matrix.csv"))
         if self.per_image:
             buffer = io.StringIO()
-            csv.writer(buffer, lineterminator="\n").writerow(
-                ["image", "true_label", "true_class", "pred_label", "pred_class", *(f"prob_{c}" for c in self.class_names)]
-            )
+            header = ["image", "true_label", "true_class", "pred_label", "pred_class"]
+            csv.writer(buffer, lineterminator="\n").writerow(header + [f"prob_{c}" for c in self.class_names])
             _write_text_atomic(buffer.getvalue() + "".join(r + "\n" for r in rows), self.path("per_image.csv"))
         if self.save_figure:
             title = f"confusion matrix (n={int(cm.sum())}, acc={scores['acc']:.3f}, F1={scores['f1']:.3f})"
-            save_png_atomic(confusion_matrix_figure(cm, self.class_names, title=title), self.path("confusion_matrix.png"))
+            figure = confusion_matrix_figure(cm, self.class_names, title=title)
+            save_png_atomic(figure, self.path("confusion_matrix.png"))
         summary = ", ".join(f"{k}={v:.4f}" for k, v in self.report["metrics"].items())
         logger.info(f"classification report ({self.report['num_samples']} images) written to {json_path}: {summary}")
 

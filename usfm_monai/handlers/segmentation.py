@@ -93,7 +93,8 @@ class SegmentationOverlay:
     ``Invertd(keys=["pred", "image"], orig_keys="image")`` and ``AsDiscreted(keys="pred", argmax=True)`` for
     overlays at the input file's size, or directly at the network's size. Masks without a channel axis
     (``(H, W)``, as MONAI Label expects) are accepted. The file stem comes from the image's
-    ``filename_or_obj`` metadata (as ``SaveImaged`` names files); items without one are numbered.
+    ``filename_or_obj`` metadata (as ``SaveImaged`` names files); items without one are numbered. Only the main
+    process writes: under ``torch.distributed`` that is rank 0's share of the images.
 
     Args:
         output_dir: folder of the PNG files (created).
@@ -107,7 +108,8 @@ class SegmentationOverlay:
             binary mask files); the overlay divides it back out.
 
     Raises:
-        ValueError: bad ``alpha``, ``num_classes`` or ``mask_scale`` (at construction); at run time, see :func:`overlay_mask`.
+        ValueError: bad ``alpha``, ``num_classes`` or ``mask_scale`` (at construction); at run time, see
+            :func:`overlay_mask`.
         KeyError: an output item lacks ``image_key`` or ``pred_key``.
     """
 

@@ -1,0 +1,249 @@
+"""Tests for usfm_monai.packaging.
+
+Oracles: MONAI's own readers of the archive (``monai.bundle.download`` with a ``file://`` URL, ``monai.bundle.load``,
+``monai.bundle.download_large_files`` with its hash check); hashlib on the original bytes; the exact member list of a
+hand-made bundle. The slow test builds the project's wheel, installs it into a fresh virtual environment and runs a
+packed bundle's inference from a folder outside the repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monai.bundle import ConfigParser
+from usfm_monai.packaging import LARGE_FILES_NAME, pack_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _make_bundle(root: Path, weights: bytes, version: str = "0.2.0") -> Path:
+    bundle = root / "toy_bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "configs" / "metadata.json").write_text(json.dumps({"version": version, "name": "toy"}))
+    (bundle / "configs" / "inference.json").write_text(json.dumps({"network_def": {"_target_": "torch.nn.Identity"}}))
+    (bundle / "docs").mkdir()
+    (bundle / "docs" / "README.md").write_text("# toy\n")
+    (bundle / "LICENSE").write_text("Apache-2.0\n")
+    (bundle / "models").mkdir()
+    (bundle / "models" / "model.pt").write_bytes(weights)
+    # run outputs and training state that must not be shipped
+    (bundle / "models" / "checkpoint_last.pt").write_bytes(b"optimizer state")
+    (bundle / "models" / ".tmp_abc.pt").write_bytes(b"half-written")
+    (bundle / "data" / "synthetic").mkdir(parents=True)
+    (bundle / "data" / "synthetic" / "0.png").write_bytes(b"png")
+    (bundle / "eval").mkdir()
+    (bundle / "eval" / "metrics.csv").write_text("dice\n")
+    (bundle / "configs" / "__pycache__").mkdir()
+    (bundle / "configs" / "__pycache__" / "x.pyc").write_bytes(b"")
+    return bundle
+
+
+SHIPPED = ["LICENSE", "configs/inference.json", "configs/metadata.json", "docs/README.md"]
+
+
+@pytest.fixture
+def weights_bytes():
+    return np.random.default_rng(0).integers(0, 256, size=3000, dtype=np.uint8).tobytes()
+
+
+def test_small_weights_are_carried(tmp_path, weights_bytes):
+    bundle = _make_bundle(tmp_path, weights_bytes)
+    packed = pack_bundle(str(bundle), str(tmp_path / "toy.zip"))
+    assert packed.name == "toy_bundle" and packed.version == "0.2.0" and packed.large_files == []
+    with zipfile.ZipFile(packed.zip_path) as zf:
+        names = zf.namelist()
+        assert names == ["toy_bundle/"] + [f"toy_bundle/{f}" for f in sorted(SHIPPED + ["models/model.pt"])]
+        assert zf.read("toy_bundle/models/model.pt") == weights_bytes
+
+
+def test_default_output_name(tmp_path, weights_bytes):
+    bundle = _make_bundle(tmp_path, weights_bytes, version="1.2.3")
+    packed = pack_bundle(str(bundle))
+    assert packed.zip_path == str(tmp_path / "toy_bundle_v1.2.3.zip") and os.path.isfile(packed.zip_path)
+
+
+def test_large_weights_listed_and_downloadable(tmp_path, weights_bytes):
+    from monai.bundle import download_large_files
+    from monai.apps.utils import HashCheckError, extractall
+
+    bundle = _make_bundle(tmp_path, weights_bytes)
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    packed = pack_bundle(
+        str(bundle),
+        str(tmp_path / "toy.zip"),
+        large_file_threshold_mb=0.001,  # 1000 bytes < 3000
+        url_template=uploads.as_uri() + "/{name}_v{version}/{filename}",
+    )
+    expected_hash = hashlib.sha256(weights_bytes).hexdigest()
+    assert packed.large_files == [
+        {
+            "path": "models/model.pt",
+            "url": f"{uploads.as_uri()}/toy_bundle_v0.2.0/model.pt",
+            "hash_val": expected_hash,
+            "hash_type": "sha256",
+        }
+    ]
+    with zipfile.ZipFile(packed.zip_path) as zf:
+        assert "toy_bundle/models/model.pt" not in zf.namelist()
+        assert f"toy_bundle/{LARGE_FILES_NAME}" in zf.namelist()
+
+    # the consumer side: extract as `monai.bundle download` does, read large_files.yml with MONAI's parser, fetch
+    extractall(packed.zip_path, str(tmp_path / "dl"), has_base=True)
+    local = tmp_path / "dl" / "toy_bundle"
+    parser = ConfigParser()
+    parser.read_config(str(local / LARGE_FILES_NAME))
+    assert parser["large_files"][0]["hash_val"] == expected_hash
+    (uploads / "toy_bundle_v0.2.0").mkdir()
+    (uploads / "toy_bundle_v0.2.0" / "model.pt").write_bytes(weights_bytes)
+    download_large_files(bundle_path=str(local))
+    assert (local / "models" / "model.pt").read_bytes() == weights_bytes
+
+    # a tampered upload fails MONAI's sha256 check
+    (local / "models" / "model.pt").unlink()
+    (uploads / "toy_bundle_v0.2.0" / "model.pt").write_bytes(weights_bytes[::-1])
+    with pytest.raises(HashCheckError, match="sha256 hash check"):
+        download_large_files(bundle_path=str(local))
+
+
+def test_placeholder_url_names_the_file(tmp_path, weights_bytes):
+    packed = pack_bundle(str(_make_bundle(tmp_path, weights_bytes)), str(tmp_path / "t.zip"), large_file_threshold_mb=0)
+    # threshold 0 moves every weights file out, never configs, docs or LICENSE
+    assert [e["path"] for e in packed.large_files] == ["models/model.pt"]
+    assert packed.large_files[0]["url"] == "UPLOAD-models/model.pt-AND-PUT-ITS-DOWNLOAD-URL-HERE"
+    assert packed.files == sorted(SHIPPED + [LARGE_FILES_NAME])
+
+
+def test_zip_is_reproducible(tmp_path, weights_bytes):
+    bundle = _make_bundle(tmp_path, weights_bytes)
+    a = pack_bundle(str(bundle), str(tmp_path / "a.zip"))
+    os.utime(bundle / "LICENSE", (0, 0))  # file timestamps must not leak into the archive
+    b = pack_bundle(str(bundle), str(tmp_path / "b.zip"))
+    assert Path(a.zip_path).read_bytes() == Path(b.zip_path).read_bytes()
+
+
+def test_monai_download_and_load_read_the_zip(tmp_path):
+    from monai.bundle import download, load
+
+    state = {"weight": torch.arange(6.0).reshape(2, 3)}
+    bundle = _make_bundle(tmp_path, b"")
+    torch.save({"model": state}, bundle / "models" / "model.pt")
+    packed = pack_bundle(str(bundle), str(tmp_path / "toy_bundle.zip"))
+    download(name="toy_bundle", url=Path(packed.zip_path).as_uri(), bundle_dir=str(tmp_path / "dl"))
+    assert (tmp_path / "dl" / "toy_bundle" / "configs" / "metadata.json").is_file()
+    model = load(
+        name="toy_bundle", model=torch.nn.Linear(3, 2, bias=False), bundle_dir=str(tmp_path / "dl"), key_in_ckpt="model"
+    )
+    assert torch.equal(model.weight, state["weight"])
+
+
+def test_errors(tmp_path, weights_bytes):
+    with pytest.raises(FileNotFoundError, match="not a bundle"):
+        pack_bundle(str(tmp_path))
+    bundle = _make_bundle(tmp_path, weights_bytes)
+    with pytest.raises(ValueError, match="large_file_threshold_mb must be >= 0"):
+        pack_bundle(str(bundle), large_file_threshold_mb=-1)
+    with pytest.raises(ValueError, match=r"unknown field 'tag'.*available"):
+        pack_bundle(str(bundle), large_file_threshold_mb=0, url_template="https://x/{tag}/{filename}")
+    with pytest.raises(FileNotFoundError, match="folder of output_zip"):
+        pack_bundle(str(bundle), str(tmp_path / "missing" / "x.zip"))
+    (bundle / "models" / "model.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="require_weights=False"):
+        pack_bundle(str(bundle))
+    packed = pack_bundle(str(bundle), str(tmp_path / "configs_only.zip"), require_weights=False)
+    assert "models/model.pt" not in packed.files
+    (bundle / "configs" / "metadata.json").write_text(json.dumps({"name": "no version"}))
+    with pytest.raises(ValueError, match="'version'"):
+        pack_bundle(str(bundle), require_weights=False)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the installed wheel runs a packed bundle outside the repository
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _run(cmd, cwd, timeout=300, env=None):
+    proc = subprocess.run([str(c) for c in cmd], cwd=str(cwd), capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_wheel_runs_packed_bundle_outside_repo(tmp_path):
+    bundle_src = REPO / "bundles" / "seg_tn3k"
+    if not (bundle_src / "configs" / "inference.json").is_file():
+        pytest.skip("bundles/seg_tn3k is not ready")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.pop("PYTHONPATH", None)
+
+    # 1. the wheel, built from the repository (setuptools from this interpreter: no download, no isolation)
+    wheels = tmp_path / "wheels"
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, REPO]
+    _run(build, tmp_path, env=env)
+    (wheel,) = wheels.glob("usfm_monai-*.whl")
+
+    # 2. a fresh venv that reuses torch/monai/timm but gets usfm_monai only from the wheel
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--system-site-packages", venv], tmp_path, env=env)
+    python = venv / "bin" / "python"
+    _run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], tmp_path, env=env)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    where = _run([python, "-c", "import usfm_monai; print(usfm_monai.__file__)"], outside, env=env).strip()
+    assert Path(where).resolve().is_relative_to(venv.resolve()), where
+
+    # 3. a copy of the bundle with tiny random weights, packed into a zip (no large files)
+    src = tmp_path / "src" / "seg_tn3k"
+    shutil.copytree(bundle_src / "configs", src / "configs")
+    for extra in ("docs", "LICENSE"):
+        if (bundle_src / extra).is_dir():
+            shutil.copytree(bundle_src / extra, src / extra)
+        elif (bundle_src / extra).is_file():
+            shutil.copy2(bundle_src / extra, src / extra)
+    (src / "models").mkdir()
+    overrides = {"encoder_size": "tiny", "image_size": 64}
+    parser = ConfigParser()
+    parser.read_config(str(src / "configs" / "inference.json"))
+    for k, v in overrides.items():
+        parser[k] = v
+    torch.manual_seed(0)
+    network = parser.get_parsed_content("network_def", instantiate=True)
+    torch.save({"model": network.state_dict()}, src / "models" / "model.pt")
+    packed = pack_bundle(str(src), str(tmp_path / "seg_tn3k.zip"))
+
+    # 4. download (file:// URL) and run its inference from inside the extracted bundle, with the venv's python
+    dl = outside / "bundles"
+    _run([python, "-m", "monai.bundle", "download", "--name", "seg_tn3k", "--url", Path(packed.zip_path).as_uri(),
+          "--bundle_dir", dl], outside, env=env)  # fmt: skip
+    images = outside / "images"
+    images.mkdir()
+    sizes = {"a.png": (70, 45), "b.png": (40, 64)}  # PIL (W, H), non-square so a transposed output is caught
+    rng = np.random.default_rng(0)
+    for name, (w, h) in sizes.items():
+        Image.fromarray(rng.integers(0, 256, size=(h, w), dtype=np.uint8)).save(images / name)
+    local = dl / "seg_tn3k"
+    cmd = [python, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--dataset_dir", images,
+           "--num_workers", "0", "--save_overlays", "false"]  # fmt: skip
+    for k, v in overrides.items():
+        cmd += [f"--{k}", str(v)]
+    _run(cmd, local, env=env)
+    outputs = sorted((local / "eval" / "inference").glob("*_seg.png"))
+    assert [p.name for p in outputs] == ["a_seg.png", "b_seg.png"]
+    for out in outputs:
+        with Image.open(out) as mask:
+            assert mask.size == sizes[out.name.replace("_seg", "")]
+            assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 1}
+    assert not (REPO / "bundles" / "seg_tn3k" / "eval" / "inference" / "a_seg.png").exists()

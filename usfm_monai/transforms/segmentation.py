@@ -1,0 +1,89 @@
+"""Input shape normalization for the 2-D segmentation bundle: single-frame volumes become 2-D images.
+
+MONAI's ITK reader loads a single-frame DICOM (and some 2-D NIfTI files) as a 3-D volume ``(C, W, H, 1)``, which
+2-D transforms (``Resized`` with two sizes) and 2-D networks reject; ``SqueezeDim`` removes one axis but raises on
+files that are already 2-D. :class:`EnsureSpatialDims` drops trailing singleton spatial axes until the wanted
+number remains, and leaves 2-D images untouched, so one ``inference.json`` reads PNG, JPEG, NIfTI and DICOM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+from monai.config import KeysCollection
+from monai.config.type_definitions import NdarrayOrTensor
+from monai.data.meta_obj import get_track_meta
+from monai.transforms import MapTransform, SqueezeDim, Transform
+from monai.utils import TransformBackends
+from monai.utils.type_conversion import convert_to_tensor
+
+__all__ = ["EnsureSpatialDims", "EnsureSpatialDimsd"]
+
+
+class EnsureSpatialDims(Transform):
+    """Remove trailing size-1 spatial axes of a channel-first image until ``spatial_dims`` spatial axes remain.
+
+    ``(C, W, H, 1)`` → ``(C, W, H)`` for ``spatial_dims=2``; ``(C, W, H)`` is returned unchanged (as a tensor).
+    The affine is updated by MONAI's ``SqueezeDim(update_meta=True)``.
+
+    Args:
+        spatial_dims: number of spatial axes wanted, >= 1.
+
+    Raises:
+        ValueError: ``spatial_dims < 1`` (at construction); at call time, an image with fewer spatial axes, or
+            whose extra trailing axes are not of size 1 (e.g. a multi-frame DICOM), naming its shape.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, spatial_dims: int = 2) -> None:
+        if spatial_dims < 1:
+            raise ValueError(f"spatial_dims must be >= 1, got {spatial_dims}.")
+        self.spatial_dims = spatial_dims
+        self._squeeze = SqueezeDim(dim=-1, update_meta=True)
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """
+        Args:
+            img: channel-first image ``(C, spatial_dim_1, ..., spatial_dim_N)``, ``N >= spatial_dims``.
+
+        Returns:
+            the image with ``spatial_dims`` spatial axes, a tensor (``MetaTensor`` when metadata is tracked).
+        """
+        shape = tuple(img.shape)
+        if len(shape) - 1 < self.spatial_dims:
+            raise ValueError(
+                f"expected a channel-first image with {self.spatial_dims} spatial axes, got shape {shape}."
+            )
+        extra = shape[1 + self.spatial_dims :]
+        if any(s != 1 for s in extra):
+            raise ValueError(
+                f"expected a channel-first image with {self.spatial_dims} spatial axes (trailing axes of size 1 are "
+                f"dropped), got shape {shape}: is it a multi-frame volume?"
+            )
+        out = img
+        for _ in extra:
+            out = self._squeeze(out)
+        return convert_to_tensor(out, track_meta=get_track_meta())
+
+
+class EnsureSpatialDimsd(MapTransform):
+    """Dictionary version of :class:`EnsureSpatialDims`.
+
+    Args:
+        keys: keys of the images to normalize.
+        spatial_dims: number of spatial axes wanted.
+        allow_missing_keys: do not raise when a key is absent.
+    """
+
+    backend = EnsureSpatialDims.backend
+
+    def __init__(self, keys: KeysCollection, spatial_dims: int = 2, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = EnsureSpatialDims(spatial_dims)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
