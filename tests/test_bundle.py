@@ -34,3 +34,15 @@ def test_find_bundle_root_from_repo_root_and_inside(tmp_path, monkeypatch):
 
 def test_is_main_process_without_distributed():
     assert is_main_process()
+
+
+def test_ensure_bool_explains_the_command_line_pitfall():
+    from usfm_monai.bundle import ensure_bool
+    from usfm_monai.data.sampling import create_sampler
+    from usfm_monai.losses import USFMReconstructionLoss
+
+    assert ensure_bool("flag", False) is False
+    with pytest.raises(TypeError, match="capitalized"):
+        USFMReconstructionLoss(use_frequency_loss="false")
+    with pytest.raises(TypeError, match="balanced must be True or False"):
+        create_sampler([{"image": "a", "organ": "x"}], balanced="false")

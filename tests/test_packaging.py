@@ -205,7 +205,7 @@ def test_wheel_runs_packed_bundle_outside_repo(tmp_path):
     where = _run([python, "-c", "import usfm_monai; print(usfm_monai.__file__)"], outside, env=env).strip()
     assert Path(where).resolve().is_relative_to(venv.resolve()), where
 
-    # 3. a copy of the bundle with tiny random weights, packed into a zip (no large files)
+    # 3. a copy of the bundle with tiny random weights, packed with the weights left to large_files.yml
     src = tmp_path / "src" / "seg_tn3k"
     shutil.copytree(bundle_src / "configs", src / "configs")
     for extra in ("docs", "LICENSE"):
@@ -222,19 +222,28 @@ def test_wheel_runs_packed_bundle_outside_repo(tmp_path):
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def", instantiate=True)
     torch.save({"model": network.state_dict()}, src / "models" / "model.pt")
-    packed = pack_bundle(str(src), str(tmp_path / "seg_tn3k.zip"))
+    uploads = tmp_path / "uploads"
+    packed = pack_bundle(
+        str(src), str(tmp_path / "seg_tn3k.zip"), large_file_threshold_mb=1.0, url_template=uploads.as_uri() + "/{filename}"
+    )
+    assert [e["path"] for e in packed.large_files] == ["models/model.pt"]
+    uploads.mkdir()
+    shutil.copy2(src / "models" / "model.pt", uploads / "model.pt")  # "the release upload"
 
-    # 4. download (file:// URL) and run its inference from inside the extracted bundle, with the venv's python
+    # 4. download (file:// URLs), fetch the weights, run inference from inside the extracted bundle (venv python)
     dl = outside / "bundles"
     _run([python, "-m", "monai.bundle", "download", "--name", "seg_tn3k", "--url", Path(packed.zip_path).as_uri(),
           "--bundle_dir", dl], outside, env=env)  # fmt: skip
+    local = dl / "seg_tn3k"
+    assert not (local / "models" / "model.pt").exists()
+    _run([python, "-m", "monai.bundle", "download_large_files", "--bundle_path", local], outside, env=env)
+    assert hashlib.sha256((local / "models" / "model.pt").read_bytes()).hexdigest() == packed.large_files[0]["hash_val"]
     images = outside / "images"
     images.mkdir()
     sizes = {"a.png": (70, 45), "b.png": (40, 64)}  # PIL (W, H), non-square so a transposed output is caught
     rng = np.random.default_rng(0)
     for name, (w, h) in sizes.items():
         Image.fromarray(rng.integers(0, 256, size=(h, w), dtype=np.uint8)).save(images / name)
-    local = dl / "seg_tn3k"
     cmd = [python, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--dataset_dir", images,
            "--num_workers", "0", "--save_overlays", "false"]  # fmt: skip
     for k, v in overrides.items():

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch.distributed as dist
 
-__all__ = ["find_bundle_root", "is_main_process", "config_files_from_argv"]
+__all__ = ["find_bundle_root", "is_main_process", "config_files_from_argv", "ensure_bool"]
 
 
 def config_files_from_argv(argv: Sequence[str] | None = None) -> list[str]:
@@ -73,3 +73,17 @@ def is_main_process() -> bool:
     or logs, so every rank still runs the handlers that change training state (LR schedules, validation).
     """
     return not (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0)
+
+
+def ensure_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a bool, else raise a ``TypeError`` that explains the usual cause.
+
+    ``python -m monai.bundle run ... --flag false`` passes the *string* ``"false"``, which is truthy: a switch
+    such as ``use_frequency_mask`` would silently stay on. Library switches that configs set go through here.
+    """
+    if isinstance(value, bool):
+        return value
+    raise TypeError(
+        f"{name} must be True or False, got {value!r} ({type(value).__name__}). On the monai.bundle command line "
+        "write --" + name + " False (capitalized): a lower-case 'false' arrives as a string."
+    )

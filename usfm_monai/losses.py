@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from usfm_monai.bundle import ensure_bool
+
 __all__ = ["FocalFrequencyLoss", "USFMReconstructionLoss"]
 
 
@@ -157,7 +159,7 @@ class USFMReconstructionLoss(nn.Module):
         if lambda_freq < 0:
             raise ValueError(f"lambda_freq must be >= 0, got {lambda_freq}.")
         self.lambda_freq = float(lambda_freq)
-        self.use_frequency_loss = bool(use_frequency_loss)
+        self.use_frequency_loss = ensure_bool("use_frequency_loss", use_frequency_loss)
         self.frequency_loss = FocalFrequencyLoss(loss_weight=1.0, alpha=alpha)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -133,7 +133,9 @@ def test_train_resume_evaluate_infer(tmp_path, tiny_encoder_file, use_branch):
         trainer = workflow.parser.get_parsed_content("train#trainer")
         start, lrs = {}, []
         trainer.add_event_handler(Events.STARTED, lambda e: start.setdefault("iteration", e.state.iteration))
-        trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: lrs.append(e.state.gen_optimizer.param_groups[0]["lr"]))
+        trainer.add_event_handler(
+            Events.EPOCH_STARTED, lambda e: lrs.append(e.state.gen_optimizer.param_groups[0]["lr"])
+        )
         if stop_after_epoch is not None:  # a run killed after its first epoch's checkpoint
             trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after_epoch), lambda e: e.terminate())
         workflow.run()

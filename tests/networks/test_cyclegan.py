@@ -294,3 +294,17 @@ def test_image_pool_size_zero_is_identity_and_errors():
         ImagePool(2).load_state_dict(ImagePool(3).state_dict())
     with pytest.raises(KeyError, match="images"):
         ImagePool(2).load_state_dict({"pool_size": 2, "generator_state": torch.Generator().get_state()})
+
+
+def test_image_pool_state_loads_weights_only_with_metatensor_input():
+    import io
+
+    from monai.data import MetaTensor
+
+    pool = ImagePool(pool_size=2, seed=0)
+    pool.query(MetaTensor(torch.rand(3, 1, 4, 4), meta={"filename_or_obj": "a.png"}))
+    buffer = io.BytesIO()
+    torch.save(pool.state_dict(), buffer)
+    buffer.seek(0)
+    restored = torch.load(buffer, weights_only=True)  # a MetaTensor in the pool would fail here
+    assert len(restored["images"]) == 2 and all(type(t) is torch.Tensor for t in restored["images"])

@@ -24,6 +24,8 @@ import torch.distributed as dist
 from monai.data import DistributedSampler, DistributedWeightedRandomSampler
 from torch.utils.data import RandomSampler, Sampler, SequentialSampler, WeightedRandomSampler
 
+from usfm_monai.bundle import ensure_bool
+
 __all__ = ["organ_balanced_weights", "expected_organ_shares", "get_organs", "create_sampler"]
 
 logger = logging.getLogger(__name__)
@@ -190,7 +192,7 @@ def create_sampler(
         raise ValueError(f"num_samples must be a positive int or None, got {num_samples!r}.")
     use_dist = _use_distributed(distributed, num_replicas, rank)
 
-    if balanced:
+    if ensure_bool("balanced", balanced):
         weights = organ_balanced_weights(get_organs(data, organ_key))
         if use_dist:
             if rank is None:

@@ -319,7 +319,7 @@ class CycleGANTrainer(Trainer):
         """Engine counters plus each stateful object's ``state_dict()`` (tensors and plain containers only)."""
         state = super().state_dict()
         for key in self._stateful_keys:
-            state[key] = state[key].state_dict()
+            state[key] = getattr(state[key], "module", state[key]).state_dict()  # DDP-unwrapped: resumable anywhere
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
@@ -337,7 +337,7 @@ class CycleGANTrainer(Trainer):
         merged = dict(state_dict)
         for key in self._stateful_keys:
             live = getattr(self.state, key)
-            live.load_state_dict(state_dict[key])
+            getattr(live, "module", live).load_state_dict(state_dict[key])
             merged[key] = live  # the base class assigns these attributes; keep the live objects there
         super().load_state_dict(merged)
 

@@ -1,6 +1,7 @@
 """MONAI/Ignite handlers: atomic checkpoints and resume, NaN guard, progress, figures, encoder export."""
 
 from usfm_monai.handlers.checkpoint import BestModelSaver, TrainingCheckpoint, state_dicts
+from usfm_monai.handlers.enhancement import SideBySideWriter, load_target_image, side_by_side
 from usfm_monai.handlers.export import EncoderExport
 from usfm_monai.handlers.metric_summary import MetricSummary
 from usfm_monai.handlers.figures import ReconstructionFigures, masked_views
@@ -14,8 +15,11 @@ __all__ = [
     "NaNGuard",
     "ProgressBar",
     "ReconstructionFigures",
+    "SideBySideWriter",
     "TrainingCheckpoint",
     "every_n_iterations",
+    "load_target_image",
     "masked_views",
+    "side_by_side",
     "state_dicts",
 ]

@@ -19,7 +19,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-from usfm_monai.bundle import is_main_process
+from usfm_monai.bundle import ensure_bool, is_main_process
 from usfm_monai.io import save_torch_atomic
 
 __all__ = ["state_dicts", "TrainingCheckpoint", "BestModelSaver"]
@@ -86,7 +86,7 @@ class TrainingCheckpoint:
         self.save_dict = dict(save_dict)
         self.filename = filename
         self.every_n_iterations = every_n_iterations
-        self.resume = resume
+        self.resume = ensure_bool("resume", resume)
         self.map_location = map_location
 
     @property

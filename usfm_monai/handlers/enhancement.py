@@ -190,7 +190,9 @@ class SideBySideWriter:
             return list(decollate_batch(output, detach=True))
         if isinstance(output, (list, tuple)):
             return list(output)
-        raise TypeError(f"SideBySideWriter expects a dict or a list of dicts as engine output, got {type(output).__name__}.")
+        raise TypeError(
+            f"SideBySideWriter expects a dict or a list of dicts as engine output, got {type(output).__name__}."
+        )
 
     def _target(self, item: Mapping[str, Any], filename: str | None) -> Any:
         target = item.get(self.target_key)

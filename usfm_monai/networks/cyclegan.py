@@ -433,7 +433,8 @@ class ImagePool:
         Returns:
             ``(B, C, H, W)`` detached images, each either from ``images`` or from the pool, on ``images``' device.
         """
-        images = images.detach()
+        # plain tensors: a MetaTensor in the pool would make checkpoints unloadable with weights_only=True
+        images = images.detach().as_subclass(torch.Tensor)
         if self.pool_size == 0:
             return images
         out = []
