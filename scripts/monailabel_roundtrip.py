@@ -13,7 +13,8 @@ What it does, in order:
    ``usfm_busi_classification``: MONAI Label takes the task type from the folder name). The copies get the
    CPU-sized network of the bundle's ``quick.json`` (``encoder_size``, ``image_size``) unless ``--full_size``;
 3. writes each copy's ``models/model.pt`` as ``{"model": state_dict}`` of a freshly initialized network
-   (``torch.manual_seed(seed)``): nothing is trained, the check is about the protocol, not accuracy;
+   (``torch.manual_seed(0)``, every parameter then perturbed by seeded N(0, 0.02^2) noise so that zero-initialized
+   heads do not answer uniform probabilities): nothing is trained, the check is about the protocol, not accuracy;
 4. starts ``monailabel start_server`` on 127.0.0.1 at a free port (``BUNDLE_DOWNLOAD_SRC=github`` so that the
    online zoo is never listed), waits for ``GET /info/``, posts the image to ``/infer/<model>`` and checks the
    answers: a PNG mask of the input image's size holding class indices for segmentation, one probability per class
@@ -506,7 +507,10 @@ def run_roundtrip(
             for _ in range(max(1, repeats)):
                 body, seconds = infer(base_url, name, image, output)
                 times.append(seconds)
-                note = check_classification(body, labels, expected) if is_cls else check_segmentation(body, image, labels, expected)
+                if is_cls:
+                    note = check_classification(body, labels, expected)
+                else:
+                    note = check_segmentation(body, image, labels, expected)
             results[name] = {"bundle": bundle, "type": model_info.get("type"), "labels": labels, "seconds": times,
                              "check": note}  # fmt: skip
             log(f"/infer/{name}: OK ({note}); round trips " + ", ".join(f"{s:.2f} s" for s in times))

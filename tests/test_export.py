@@ -46,6 +46,12 @@ def _configs(bundle: str) -> str:
     return os.path.join(REPO, "bundles", bundle, "configs")
 
 
+def _onnx_marks(param):
+    bundle = param.values[0]
+    reason = ONNX_UNSUPPORTED.get(bundle)
+    return list(param.marks) + ([pytest.mark.xfail(strict=True, reason=reason)] if reason else [])
+
+
 def _ready(bundle: str) -> bool:
     return all(os.path.isfile(os.path.join(_configs(bundle), f)) for f in ("inference.json", "metadata.json"))
 
@@ -146,7 +152,8 @@ def test_torchscript_export_parity(bundle, exported_bundle):
     )
     extra = {"metadata.json": "", "inference.json": ""}
     scripted = torch.jit.load(filepath, map_location="cpu", _extra_files=extra)
-    assert json.loads(extra["metadata.json"])["version"] == json.load(open(os.path.join(root, "configs", "metadata.json")))["version"]
+    with open(os.path.join(root, "configs", "metadata.json")) as f:
+        assert json.loads(extra["metadata.json"])["version"] == json.load(f)["version"]
     x = torch.rand([2, *shape[1:]], generator=torch.Generator().manual_seed(1))
     expected = _eager(network, x)
     with torch.no_grad():
@@ -157,18 +164,7 @@ def test_torchscript_export_parity(bundle, exported_bundle):
     assert diff <= TS_ATOL
 
 
-@pytest.mark.parametrize(
-    "bundle",
-    [
-        pytest.param(
-            b.values[0],
-            id=b.id,
-            marks=list(b.marks)
-            + ([pytest.mark.xfail(strict=True, reason=ONNX_UNSUPPORTED[b.values[0]])] if b.values[0] in ONNX_UNSUPPORTED else []),
-        )
-        for b in BUNDLES
-    ],
-)
+@pytest.mark.parametrize("bundle", [pytest.param(b.values[0], id=b.id, marks=_onnx_marks(b)) for b in BUNDLES])
 def test_onnx_export_parity(bundle, exported_bundle):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

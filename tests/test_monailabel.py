@@ -80,7 +80,8 @@ LABELS = {"benign": 0, "malignant": 1, "normal": 2}
 
 
 def _cls_answer(scores, names=("benign", "malignant", "normal")) -> bytes:
-    return json.dumps({"prediction": [{"idx": i, "label": n, "score": s} for i, (n, s) in enumerate(zip(names, scores))]}).encode()
+    prediction = [{"idx": i, "label": n, "score": s} for i, (n, s) in enumerate(zip(names, scores))]
+    return json.dumps({"prediction": prediction}).encode()
 
 
 def test_check_classification_accepts_probabilities():

@@ -41,6 +41,7 @@ def _make_bundle(root: Path, weights: bytes, version: str = "0.2.0") -> Path:
     # run outputs and training state that must not be shipped
     (bundle / "models" / "checkpoint_last.pt").write_bytes(b"optimizer state")
     (bundle / "models" / ".tmp_abc.pt").write_bytes(b"half-written")
+    (bundle / "models" / ".gitkeep").write_bytes(b"")
     (bundle / "data" / "synthetic").mkdir(parents=True)
     (bundle / "data" / "synthetic" / "0.png").write_bytes(b"png")
     (bundle / "eval").mkdir()
@@ -177,7 +178,8 @@ def test_errors(tmp_path, weights_bytes):
 def _run(cmd, cwd, timeout=300, env=None):
     proc = subprocess.run([str(c) for c in cmd], cwd=str(cwd), capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        command = " ".join(map(str, cmd))
+        raise AssertionError(f"{command} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc.stdout
 
 
@@ -223,9 +225,8 @@ def test_wheel_runs_packed_bundle_outside_repo(tmp_path):
     network = parser.get_parsed_content("network_def", instantiate=True)
     torch.save({"model": network.state_dict()}, src / "models" / "model.pt")
     uploads = tmp_path / "uploads"
-    packed = pack_bundle(
-        str(src), str(tmp_path / "seg_tn3k.zip"), large_file_threshold_mb=1.0, url_template=uploads.as_uri() + "/{filename}"
-    )
+    url_template = uploads.as_uri() + "/{filename}"
+    packed = pack_bundle(str(src), str(tmp_path / "seg.zip"), large_file_threshold_mb=1.0, url_template=url_template)
     assert [e["path"] for e in packed.large_files] == ["models/model.pt"]
     uploads.mkdir()
     shutil.copy2(src / "models" / "model.pt", uploads / "model.pt")  # "the release upload"

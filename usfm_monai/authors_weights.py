@@ -21,13 +21,12 @@ paper §4.2), where the relative position tables are resized from the 14 x 14 to
 
 Command line::
 
-    python -m usfm_monai.authors_weights convert --checkpoint USFM_latest.pth --output_dir weights/usfm_authors
+    usfm-monai convert_authors_weights --checkpoint USFM_latest.pth --output_dir weights/usfm_authors
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -36,12 +35,13 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 
+from usfm_monai.io import atomic_write, save_json_atomic
 from usfm_monai.networks.encoder import USFM_SIZES, create_usfm_encoder
 from usfm_monai.networks.mim import export_encoder
 from usfm_monai.networks.weights import AUTHORS_SHARED_TABLE_KEY, load_encoder_weights
 from usfm_monai.packaging import file_sha256
 
-__all__ = ["BUNDLE_IMG_SIZE", "BUNDLE_CONFIG_ID", "convert_authors_weights"]
+__all__ = ["BUNDLE_IMG_SIZE", "BUNDLE_CONFIG_ID", "convert_authors_weights", "convert_authors_weights_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,9 @@ def _img_sizes(bundles: Sequence[str], img_size: Union[None, int, Mapping[str, i
                 "img_size={bundle: size}."
             )
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or size % 16:
-            raise ValueError(f"img_size of bundle {bundle!r} must be a positive multiple of 16 (patch 16), got {size!r}.")
+            raise ValueError(
+                f"img_size of bundle {bundle!r} must be a positive multiple of 16 (the patch size), got {size!r}."
+            )
         sizes[bundle] = size
     return sizes
 
@@ -123,14 +125,6 @@ def _card_markdown(card: Mapping[str, Any]) -> str:
                     "```",
                 ]
     return "\n".join(lines) + "\n"
-
-
-def _write_json_atomic(path: str, payload: Mapping[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def convert_authors_weights(
@@ -213,28 +207,28 @@ def convert_authors_weights(
         "usfm_monai_version": getattr(usfm_monai, "__version__", "unknown"),
         "outputs": outputs,
     }
-    _write_json_atomic(os.path.join(output_dir, CARD_JSON), card)
-    md_tmp = os.path.join(output_dir, CARD_MD + ".tmp")
-    with open(md_tmp, "w") as f:
+    save_json_atomic(card, os.path.join(output_dir, CARD_JSON))
+    with atomic_write(os.path.join(output_dir, CARD_MD), "w", encoding="utf-8") as f:
         f.write(_card_markdown(card))
-    os.replace(md_tmp, os.path.join(output_dir, CARD_MD))
     return card
 
+def convert_authors_weights_command(
+    checkpoint: str,
+    output_dir: str,
+    bundles: Optional[Sequence[str]] = None,
+    img_size: Union[None, int, Dict[str, int]] = None,
+    size: str = "base",
+) -> None:
+    """Convert the authors' USFM_latest.pth into our bundles' starting weights and a model card.
 
-if __name__ == "__main__":
-    import fire
-
-    def convert(
-        checkpoint: str,
-        output_dir: str,
-        bundles: Optional[Sequence[str]] = None,
-        img_size: Union[None, int, Dict[str, int]] = None,
-        size: str = "base",
-    ) -> None:
-        """Convert the authors' USFM_latest.pth (see the module docstring); prints where the files went."""
-        card = convert_authors_weights(checkpoint, output_dir, bundles or tuple(BUNDLE_IMG_SIZE), img_size, size)
-        for out in card["outputs"]:
-            print(f"{out['path']} (img_size {out['img_size']}) for {', '.join(out['bundles'])}")
-        print(os.path.join(output_dir, CARD_MD))
-
-    fire.Fire({"convert": convert})
+    Args:
+        checkpoint: the authors' ``USFM_latest.pth``.
+        output_dir: where the encoder exports and ``MODEL_CARD.md`` / ``model_card.json`` go.
+        bundles: bundles to convert for (default: all).
+        img_size: input size, or ``{bundle: size}``; default: each bundle's input size.
+        size: encoder size of the checkpoint (the release is ``base``).
+    """
+    card = convert_authors_weights(checkpoint, output_dir, bundles or tuple(BUNDLE_IMG_SIZE), img_size, size)
+    for out in card["outputs"]:
+        print(f"{out['path']} (img_size {out['img_size']}) for {', '.join(out['bundles'])}")
+    print(os.path.join(output_dir, CARD_MD))

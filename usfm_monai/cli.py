@@ -5,12 +5,15 @@ Each command is a thin call into one package function; its docstring is the help
     usfm-monai synthetic --output_dir data/synthetic --task segmentation --num_images 200
     usfm-monai prepare_busi_classification --busi_dir /data/Dataset_BUSI_with_GT --output data_lists/busi.json
     usfm-monai prepare_tn3k --tn3k_dir /data/tn3k --output data_lists/tn3k_fold0.json --fold 0
+    usfm-monai convert_authors_weights --checkpoint USFM_latest.pth --output_dir weights/usfm_authors
+    usfm-monai pack_bundle bundles/seg_tn3k
 """
 
 from __future__ import annotations
 
 import fire
 
+from usfm_monai.authors_weights import convert_authors_weights_command
 from usfm_monai.data.prepare import (
     prepare_busi_classification,
     prepare_busi_pretrain,
@@ -22,6 +25,8 @@ from usfm_monai.data.prepare import (
     prepare_usenhance,
 )
 from usfm_monai.data.synthetic import make_synthetic_dataset
+from usfm_monai.packaging import pack_bundle_command
+from usfm_monai.seeds import run_seeds
 
 __all__ = ["COMMANDS", "main"]
 
@@ -35,6 +40,9 @@ COMMANDS = {
     "prepare_usenhance": prepare_usenhance,
     "prepare_image_mask_folders": prepare_image_mask_folders,
     "prepare_class_folders": prepare_class_folders,
+    "convert_authors_weights": convert_authors_weights_command,
+    "pack_bundle": pack_bundle_command,
+    "run_seeds": run_seeds,
 }
 
 

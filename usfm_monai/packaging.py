@@ -31,7 +31,7 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ["PackedBundle", "pack_bundle", "file_sha256", "LARGE_FILES_NAME"]
+__all__ = ["PackedBundle", "pack_bundle", "pack_bundle_command", "file_sha256", "LARGE_FILES_NAME"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ def _is_shipped(rel_path: str) -> bool:
     name = parts[-1]
     if any(p == "__pycache__" or p.startswith(".") for p in parts[:-1]) or name.endswith((".pyc", ".pyo")):
         return False
-    if name.startswith((".tmp", "~")) or name == ".DS_Store":
-        return False
+    if name.startswith((".", "~")):
+        return False  # .gitkeep, .DS_Store, .tmp_* files of atomic writes, editor backups
     if parts[0] == "models" and name.startswith("checkpoint"):
         return False  # full training state (optimizer, scheduler, engine): for resuming, not for sharing
     return True
@@ -202,7 +202,8 @@ def pack_bundle(
                 if rel == LARGE_FILES_NAME:
                     zf.writestr(_zip_info(f"{name}/{rel}"), _large_files_yaml(large))
                 else:
-                    with open(os.path.join(bundle_dir, rel), "rb") as src, zf.open(_zip_info(f"{name}/{rel}"), "w") as dst:
+                    src_path = os.path.join(bundle_dir, rel)
+                    with open(src_path, "rb") as src, zf.open(_zip_info(f"{name}/{rel}"), "w") as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)
         os.replace(tmp, output_zip)
     finally:
@@ -212,7 +213,17 @@ def pack_bundle(
     return PackedBundle(zip_path=output_zip, name=name, version=version, files=members, large_files=large)
 
 
-if __name__ == "__main__":
-    import fire
+def pack_bundle_command(
+    bundle_dir: str,
+    output_zip: Optional[str] = None,
+    large_file_threshold_mb: float = 25.0,
+    url_template: Optional[str] = None,
+    name: Optional[str] = None,
+    require_weights: bool = True,
+) -> None:
+    """Pack a bundle into a model-zoo zip (see ``pack_bundle``); prints the archive and any large_files.yml entry."""
+    packed = pack_bundle(bundle_dir, output_zip, large_file_threshold_mb, url_template, name, require_weights)
+    print(f"{packed.zip_path}: {packed.name} v{packed.version}, {len(packed.files)} files")
+    for entry in packed.large_files:
+        print(f"  left out, listed in {LARGE_FILES_NAME}: {entry['path']} sha256 {entry['hash_val']} -> {entry['url']}")
 
-    fire.Fire({"pack_bundle": pack_bundle})

@@ -84,6 +84,22 @@ def test_missing_pretrained_weights_fail_clearly(tmp_path):
     assert os.path.join(str(tmp_path), "models", "usfm_encoder.pt") in str(cause)
 
 
+def test_overlay_switch_rejects_lower_case_string(tmp_path):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(os.path.join(CONFIGS, "inference.json"))
+    parser.update({"bundle_root": str(tmp_path), "encoder_size": "tiny", "image_size": 64, "save_overlays": False})
+    names = [type(h).__name__ for h in parser.get_parsed_content("handlers")]
+    assert "SegmentationOverlay" not in names and "CheckpointLoader" in names
+    parser = ConfigParser()
+    parser.read_config(os.path.join(CONFIGS, "inference.json"))
+    parser.update({"bundle_root": str(tmp_path), "encoder_size": "tiny", "image_size": 64, "save_overlays": "false"})
+    with pytest.raises(RuntimeError) as info:  # MONAI wraps the error of a "$" expression
+        parser.get_parsed_content("handlers")
+    assert isinstance(info.value.__cause__, TypeError) and "save_overlays" in str(info.value.__cause__)
+
+
 @pytest.mark.parametrize("as_meta", [False, True], ids=["numpy", "MetaTensor"])
 def test_ensure_spatial_dims_drops_trailing_singletons_only(as_meta):
     import torch
