@@ -6,6 +6,7 @@ from usfm_monai.handlers.export import EncoderExport
 from usfm_monai.handlers.metric_summary import MetricSummary
 from usfm_monai.handlers.figures import ReconstructionFigures, masked_views
 from usfm_monai.handlers.nan_guard import NaNGuard
+from usfm_monai.handlers.segmentation import SegmentationOverlay, overlay_mask
 from usfm_monai.handlers.progress import ProgressBar, every_n_iterations
 
 __all__ = [
@@ -15,11 +16,13 @@ __all__ = [
     "NaNGuard",
     "ProgressBar",
     "ReconstructionFigures",
+    "SegmentationOverlay",
     "SideBySideWriter",
     "TrainingCheckpoint",
     "every_n_iterations",
     "load_target_image",
     "masked_views",
+    "overlay_mask",
     "side_by_side",
     "state_dicts",
 ]
