@@ -76,12 +76,13 @@ def test_missing_pretrained_weights_fail_clearly(tmp_path):
 
     parser = ConfigParser()
     parser.read_config(os.path.join(CONFIGS, "train.json"))
-    parser.update({"bundle_root": str(tmp_path), "encoder_size": "tiny", "image_size": 64})
+    missing = os.path.join(str(tmp_path), "models", "usfm_encoder.pt")
+    parser.update({"bundle_root": str(tmp_path), "encoder_size": "tiny", "image_size": 64, "pretrained": missing})
     with pytest.raises(RuntimeError) as info:
         parser.get_parsed_content("network_def")
     cause = info.value.__cause__
     assert isinstance(cause, FileNotFoundError)
-    assert os.path.join(str(tmp_path), "models", "usfm_encoder.pt") in str(cause)
+    assert missing in str(cause)
 
 
 def test_overlay_switch_rejects_lower_case_string(tmp_path):

@@ -562,7 +562,10 @@ def load_encoder_weights(
     elif isinstance(path_or_state_dict, (str, os.PathLike)):
         source = os.fspath(path_or_state_dict)
         if not os.path.isfile(source):
-            raise FileNotFoundError(f"encoder checkpoint file not found: {source!r}.")
+            raise FileNotFoundError(
+                f"encoder checkpoint file not found: {source!r}. Make one with the pretrain_usfm bundle "
+                "(models/usfm_encoder.pt) or from the authors' release with `usfm-monai convert_authors_weights`."
+            )
         try:
             checkpoint = torch.load(source, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
