@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_write", "save_torch_atomic", "save_json_atomic"]
+__all__ = ["atomic_write", "save_torch_atomic", "save_json_atomic", "save_text_atomic"]
 
 
 @contextmanager
@@ -62,4 +62,11 @@ def save_json_atomic(obj: Any, path: str | os.PathLike, indent: int = 2) -> str:
     with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=indent)
         f.write("\n")
+    return os.path.abspath(os.fspath(path))
+
+
+def save_text_atomic(text: str, path: str | os.PathLike) -> str:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically; returns the absolute path."""
+    with atomic_write(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
     return os.path.abspath(os.fspath(path))

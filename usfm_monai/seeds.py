@@ -14,7 +14,7 @@ Example (the classification bundle, three seeds, CPU-sized)::
               eval_config_files=["bundles/cls_busi/configs/train.json", "bundles/cls_busi/configs/quick.json",
                                  "bundles/cls_busi/configs/evaluate.json"])
 
-or ``python -m usfm_monai.seeds --config_files "['...train.json','...quick.json']" --seeds "[0,1,2]"
+or ``usfm-monai run_seeds --config_files "['...train.json','...quick.json']" --seeds "[0,1,2]"
 --output_dir runs/x --eval_config_files "[...]"``.
 """
 
@@ -28,11 +28,12 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from usfm_monai.io import save_text_atomic
 
 __all__ = ["bundle_command", "read_metrics", "run_seeds", "summarize_seeds"]
 
@@ -120,20 +121,6 @@ def summarize_seeds(per_seed: Mapping[Any, Mapping[str, float]], ddof: int = 1) 
         std = float(values.std(ddof=ddof)) if n > ddof else math.nan
         out[name] = {"mean": mean, "std": std, "n": n}
     return out
-
-
-def _write_atomic(text: str, path: str) -> None:
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _run(cmd: list[str], log_path: str, env: Mapping[str, str], what: str) -> None:
@@ -234,7 +221,7 @@ def run_seeds(
         os.makedirs(root, exist_ok=True)
         args = {**overrides, "bundle_root": root, seed_key: seed}
         args_file = os.path.join(root, "run_args.json")
-        _write_atomic(json.dumps(args, indent=2) + "\n", args_file)
+        save_text_atomic(json.dumps(args, indent=2) + "\n", args_file)
         logger.info(f"seed {seed}: running {configs} into {root}")
         _run(bundle_command(configs, args_file, python, logging_file), os.path.join(root, "train.log"), child_env,
              f"seed {seed} run of {configs}")
@@ -255,7 +242,7 @@ def run_seeds(
         "eval_config_files": eval_configs,
         "overrides": overrides,
     }
-    _write_atomic(json.dumps(summary, indent=2) + "\n", os.path.join(output_dir, "seeds_summary.json"))
+    save_text_atomic(json.dumps(summary, indent=2) + "\n", os.path.join(output_dir, "seeds_summary.json"))
     names = list(summary_metrics)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -264,14 +251,9 @@ def run_seeds(
         writer.writerow([s, *(repr(m[n]) for n in names)])
     writer.writerow(["mean", *(repr(summary_metrics[n]["mean"]) for n in names)])
     writer.writerow(["std", *(repr(summary_metrics[n]["std"]) for n in names)])
-    _write_atomic(buffer.getvalue(), os.path.join(output_dir, "seeds_summary.csv"))
+    save_text_atomic(buffer.getvalue(), os.path.join(output_dir, "seeds_summary.csv"))
     for name, stats in summary_metrics.items():
         print(f"{name}: {stats['mean']:.4f} ± {stats['std']:.4f} (n={stats['n']})")
     print(f"summary written to {os.path.join(output_dir, 'seeds_summary.json')}")
     return summary
 
-
-if __name__ == "__main__":
-    import fire
-
-    fire.Fire(run_seeds)

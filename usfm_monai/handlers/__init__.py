@@ -1,6 +1,12 @@
 """MONAI/Ignite handlers: atomic checkpoints and resume, NaN guard, progress, figures, encoder export."""
 
 from usfm_monai.handlers.checkpoint import BestModelSaver, TrainingCheckpoint, state_dicts
+from usfm_monai.handlers.classification import (
+    ClassificationPredictionSaver,
+    ClassificationReport,
+    confusion_matrix_figure,
+    per_class_scores,
+)
 from usfm_monai.handlers.enhancement import SideBySideWriter, load_target_image, side_by_side
 from usfm_monai.handlers.export import EncoderExport
 from usfm_monai.handlers.metric_summary import MetricSummary
@@ -10,6 +16,8 @@ from usfm_monai.handlers.segmentation import SegmentationOverlay, overlay_mask
 from usfm_monai.handlers.progress import ProgressBar, every_n_iterations
 
 __all__ = [
+    "ClassificationPredictionSaver",
+    "ClassificationReport",
     "BestModelSaver",
     "EncoderExport",
     "MetricSummary",
@@ -19,10 +27,12 @@ __all__ = [
     "SegmentationOverlay",
     "SideBySideWriter",
     "TrainingCheckpoint",
+    "confusion_matrix_figure",
     "every_n_iterations",
     "load_target_image",
     "masked_views",
     "overlay_mask",
+    "per_class_scores",
     "side_by_side",
     "state_dicts",
 ]

@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,6 +30,7 @@ from monai.handlers import from_engine
 from monai.utils import string_list_all_gather
 
 from usfm_monai.bundle import is_main_process
+from usfm_monai.io import save_text_atomic
 from usfm_monai.metrics import (
     CLASSIFICATION_METRICS,
     ClassificationMetric,
@@ -57,23 +57,6 @@ def _check_class_names(class_names: Sequence[str]) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"class_names must be unique, got {list(names)}.")
     return names
-
-
-def _write_text_atomic(text: str, path: str) -> str:
-    path = os.path.abspath(path)
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
 
 
 def _check_confusion(cm: Any, num_classes: int | None = None) -> np.ndarray:
@@ -289,18 +272,18 @@ class ClassificationReport:
             "info": self.extra,
         }
         report_text = json.dumps(self.report, indent=2) + "\n"
-        json_path = _write_text_atomic(report_text, self.path("classification_report.json"))
+        json_path = save_text_atomic(report_text, self.path("classification_report.json"))
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["true \\ predicted", *self.class_names])
         for name, row in zip(self.class_names, cm.tolist()):
             writer.writerow([name, *row])
-        _write_text_atomic(buffer.getvalue(), self.path("confusion_matrix.csv"))
+        save_text_atomic(buffer.getvalue(), self.path("confusion_matrix.csv"))
         if self.per_image:
             buffer = io.StringIO()
             header = ["image", "true_label", "true_class", "pred_label", "pred_class"]
             csv.writer(buffer, lineterminator="\n").writerow(header + [f"prob_{c}" for c in self.class_names])
-            _write_text_atomic(buffer.getvalue() + "".join(r + "\n" for r in rows), self.path("per_image.csv"))
+            save_text_atomic(buffer.getvalue() + "".join(r + "\n" for r in rows), self.path("per_image.csv"))
         if self.save_figure:
             title = f"confusion matrix (n={int(cm.sum())}, acc={scores['acc']:.3f}, F1={scores['f1']:.3f})"
             figure = confusion_matrix_figure(cm, self.class_names, title=title)
@@ -401,5 +384,5 @@ class ClassificationPredictionSaver:
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerow(header)
         text = buffer.getvalue() + "".join(row + "\n" for row in rows)
-        path = _write_text_atomic(text, self.path)
+        path = save_text_atomic(text, self.path)
         logger.info(f"predictions of {len(rows)} images written to {path}")
