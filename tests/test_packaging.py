@@ -246,7 +246,7 @@ def test_wheel_runs_packed_bundle_outside_repo(tmp_path):
     for name, (w, h) in sizes.items():
         Image.fromarray(rng.integers(0, 256, size=(h, w), dtype=np.uint8)).save(images / name)
     cmd = [python, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--dataset_dir", images,
-           "--num_workers", "0", "--save_overlays", "false"]  # fmt: skip
+           "--num_workers", "0", "--save_overlays", "False"]  # fmt: skip
     for k, v in overrides.items():
         cmd += [f"--{k}", str(v)]
     _run(cmd, local, env=env)
