@@ -25,6 +25,7 @@ from usfm_monai.data.prepare import (
     prepare_usenhance,
 )
 from usfm_monai.data.synthetic import make_synthetic_dataset
+from usfm_monai.experiments.grid import run_grid
 from usfm_monai.packaging import pack_bundle_command
 from usfm_monai.seeds import run_seeds
 
@@ -43,6 +44,7 @@ COMMANDS = {
     "convert_authors_weights": convert_authors_weights_command,
     "pack_bundle": pack_bundle_command,
     "run_seeds": run_seeds,
+    "grid": run_grid,
 }
 
 

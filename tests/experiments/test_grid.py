@@ -288,7 +288,7 @@ def test_tiny_grid_through_cls_bundle(tmp_path):
     with Image.open(summary["plots"][0]) as im:
         assert im.format == "PNG"
     # the CLI entry point resumes: nothing left to run, exit code 0
-    result = subprocess.run([sys.executable, "-m", "usfm_monai.experiments.grid", "--preset_file", str(path),
+    result = subprocess.run([sys.executable, "-m", "usfm_monai", "grid", "--preset_file", str(path),
                              "--output_dir", str(tmp_path / "grid")], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "4/4 cells finished, 0 run now" in result.stdout

@@ -2,7 +2,12 @@
 
 from usfm_monai.data.datalist import load_datalist, resolve_datalist, write_datalist
 from usfm_monai.data.inference_inputs import inference_items, list_image_files
-from usfm_monai.data.sampling import create_sampler, expected_organ_shares, organ_balanced_weights
+from usfm_monai.data.sampling import (
+    create_sampler,
+    expected_organ_shares,
+    organ_balanced_weights,
+)
+from usfm_monai.data.subsets import make_nested_subsets, make_pretrain_datalist
 from usfm_monai.data.synthetic import (
     ensure_synthetic_dataset,
     make_synthetic_dataset,
@@ -17,6 +22,8 @@ __all__ = [
     "inference_items",
     "list_image_files",
     "load_datalist",
+    "make_nested_subsets",
+    "make_pretrain_datalist",
     "make_synthetic_dataset",
     "organ_balanced_weights",
     "resolve_datalist",

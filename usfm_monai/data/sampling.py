@@ -22,7 +22,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from monai.data import DistributedSampler, DistributedWeightedRandomSampler
-from torch.utils.data import RandomSampler, Sampler, SequentialSampler, WeightedRandomSampler
+from torch.utils.data import (
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    WeightedRandomSampler,
+)
 
 from usfm_monai.bundle import ensure_bool
 

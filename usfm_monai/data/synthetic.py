@@ -696,7 +696,9 @@ def make_synthetic_dataset(
     Raises:
         ValueError: bad ``task``, ``num_images``, fractions, ``organs`` or ``image_size``.
     """
-    from usfm_monai.data.datalist import write_datalist  # local import: datalist imports this module
+    from usfm_monai.data.datalist import (
+        write_datalist,  # local import: datalist imports this module
+    )
 
     params = _dataset_params(task, num_images, image_size, seed, val_fraction, test_fraction, organs)
     organs = params["organs"]

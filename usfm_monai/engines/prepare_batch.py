@@ -11,7 +11,6 @@ import zlib
 from typing import Any
 
 import torch
-
 from monai.data import MetaTensor
 from monai.engines.utils import PrepareBatch
 

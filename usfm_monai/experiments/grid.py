@@ -59,7 +59,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -74,6 +73,7 @@ from usfm_monai.experiments.plots import (
     plot_ablation,
     plot_label_efficiency,
 )
+from usfm_monai.io import save_text_atomic
 from usfm_monai.seeds import bundle_command, read_metrics
 
 __all__ = ["CellRunner", "GridError", "load_preset", "plan_grid", "run_grid", "subprocess_runner"]
@@ -109,23 +109,8 @@ def subprocess_runner(cmd: Sequence[str], log_path: str, env: Mapping[str, str])
         return subprocess.run(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=dict(env), check=False).returncode
 
 
-def _write_atomic(text: str, path: str) -> None:
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _write_json(data: Any, path: str) -> None:
-    _write_atomic(json.dumps(data, indent=2) + "\n", path)
+    save_text_atomic(json.dumps(data, indent=2) + "\n", path)
 
 
 def _read_json(path: str) -> Any:
@@ -502,9 +487,9 @@ def _write_tables(rows: list[dict[str, Any]], failures: list[dict[str, Any]], ou
         "results_json": os.path.join(output_dir, "results.json"),
         "summary_csv": os.path.join(output_dir, "summary.csv"),
     }
-    _write_atomic(_csv_text(fixed + metric_names, table), paths["results_csv"])
+    save_text_atomic(_csv_text(fixed + metric_names, table), paths["results_csv"])
     summary = aggregate_results(rows) if rows else []
-    _write_atomic(
+    save_text_atomic(
         _csv_text(["task", "method", "ratio", "metric", "mean", "std", "n"],
                   [[s["task"], s["method"], s["ratio"], s["metric"], s["mean"], s["std"], s["n"]] for s in summary]),
         paths["summary_csv"],
@@ -537,7 +522,7 @@ def run_grid(
 
         usfm-monai grid --preset_file experiments/busi_compact.json --output_dir runs/busi_compact \\
             --variables "{'busi_dir': '/data/Dataset_BUSI_with_GT'}"
-        python -m usfm_monai.experiments.grid --preset_file experiments/busi_compact.json \\
+        usfm-monai grid --preset_file experiments/busi_compact.json \\
             --output_dir runs/busi_compact --methods "['USFM-scratch']" --ratios "[0.2]" --dry_run
 
     Args:
@@ -717,8 +702,3 @@ def _make_plots(preset: Mapping[str, Any], plan: Mapping[str, Any], rows: list[d
                                        ratio=at, titles=titles))
     return plots
 
-
-if __name__ == "__main__":
-    import fire
-
-    fire.Fire(run_grid)

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-
 from monai.data import MetaTensor
+
 from usfm_monai.bundle import is_main_process
 from usfm_monai.transforms.dual_mask import BatchedDualDomainMask, DualMaskDraws
 from usfm_monai.transforms.spatial_mask import block_grid_to_pixel_mask

@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-
 from monai.handlers import from_engine
 
 __all__ = ["NaNGuard"]

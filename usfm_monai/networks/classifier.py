@@ -13,7 +13,11 @@ import torch
 from timm.layers import trunc_normal_
 from torch import nn
 
-from usfm_monai.networks.encoder import USFMEncoder, check_encoder_kwargs, create_usfm_encoder
+from usfm_monai.networks.encoder import (
+    USFMEncoder,
+    check_encoder_kwargs,
+    create_usfm_encoder,
+)
 from usfm_monai.networks.weights import WeightLoadReport, load_encoder_weights
 
 __all__ = ["USFMClassifier"]

@@ -16,7 +16,11 @@ import torch
 from torch import nn
 
 from usfm_monai.io import save_torch_atomic
-from usfm_monai.networks.encoder import USFMEncoder, check_encoder_kwargs, create_usfm_encoder
+from usfm_monai.networks.encoder import (
+    USFMEncoder,
+    check_encoder_kwargs,
+    create_usfm_encoder,
+)
 
 __all__ = ["USFMMaskedImageModel", "export_encoder"]
 

@@ -19,7 +19,11 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.utils import get_norm_layer
 from torch import nn
 
-from usfm_monai.networks.encoder import USFMEncoder, check_encoder_kwargs, create_usfm_encoder
+from usfm_monai.networks.encoder import (
+    USFMEncoder,
+    check_encoder_kwargs,
+    create_usfm_encoder,
+)
 from usfm_monai.networks.weights import WeightLoadReport, load_encoder_weights
 
 __all__ = ["USFMSegmenter", "UPerHead", "FCNHead", "default_out_indices"]

@@ -25,7 +25,12 @@ import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data.meta_obj import get_track_meta
 from monai.transforms.transform import MapTransform, Randomizable
-from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple
+from monai.utils import (
+    TransformBackends,
+    convert_to_dst_type,
+    convert_to_tensor,
+    ensure_tuple,
+)
 
 from usfm_monai.transforms.frequency_mask import (
     _check_band_args,
