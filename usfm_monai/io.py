@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_write", "save_torch_atomic", "save_json_atomic", "save_text_atomic"]
+__all__ = ["atomic_write", "read_json", "save_torch_atomic", "save_json_atomic", "save_text_atomic"]
 
 
 @contextmanager
@@ -70,3 +70,20 @@ def save_text_atomic(text: str, path: str | os.PathLike) -> str:
     with atomic_write(path, "w", encoding="utf-8", newline="") as f:
         f.write(text)
     return os.path.abspath(os.fspath(path))
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """Load a JSON file; a missing file or bad JSON raises an error naming ``what`` and the path.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: the file is not valid JSON.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path} does not exist.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path} is not valid JSON: {e}.") from e

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from usfm_monai.io import save_text_atomic
+from usfm_monai.io import read_json, save_text_atomic
 
 __all__ = ["bundle_command", "read_metrics", "run_seeds", "summarize_seeds"]
 
@@ -74,11 +74,7 @@ def read_metrics(path: str) -> dict[str, float]:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"metrics file {path} does not exist: check metrics_file and the run's log.")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"metrics file {path} is not valid JSON: {e}.") from e
+    data = read_json(path, "metrics file")
     metrics = data.get("metrics") if isinstance(data, dict) else None
     if not isinstance(metrics, dict) or not metrics:
         raise ValueError(f"metrics file {path} must hold a non-empty 'metrics' mapping, got {type(metrics).__name__}.")

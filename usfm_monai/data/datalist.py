@@ -16,14 +16,13 @@ built (MONAI's ``Workflow.run`` only warns on an empty loader).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monai.config import PathLike
 
-from usfm_monai.io import save_json_atomic
+from usfm_monai.io import read_json, save_json_atomic
 
 __all__ = ["TASK_REQUIRED_KEYS", "PATH_KEYS", "load_datalist", "resolve_datalist", "write_datalist"]
 
@@ -84,13 +83,7 @@ def load_datalist(
         TypeError: an item is not a dict/string, or a path key holds something other than a path or number.
     """
     datalist_file = os.path.abspath(os.fspath(datalist_file))
-    if not os.path.isfile(datalist_file):
-        raise FileNotFoundError(f"Datalist file {datalist_file} does not exist.")
-    try:
-        with open(datalist_file) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"Datalist file {datalist_file} is not valid JSON: {e}.") from e
+    data = read_json(datalist_file, "Datalist file")
     if not isinstance(data, dict):
         raise ValueError(
             f"Datalist file {datalist_file} must hold a JSON object with lists such as 'training', "

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from monai.config import PathLike
 
+from usfm_monai.io import read_json
+
 __all__ = [
     "DEFAULT_RATIOS",
     "make_nested_subsets",
@@ -51,13 +53,7 @@ _TOOL = "usfm_monai.data.subsets.make_nested_subsets"
 
 
 def _read_json(path: str, what: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} {path} does not exist.")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {path} is not valid JSON: {e}.") from e
+    data = read_json(path, what)
     if not isinstance(data, dict):
         raise ValueError(f"{what} {path} must hold a JSON object, got a {type(data).__name__}.")
     return data

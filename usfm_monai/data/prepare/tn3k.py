@@ -15,11 +15,11 @@ listing the problems: a skipped file would silently shift the meaning of the fol
 
 from __future__ import annotations
 
-import json
 import os
 
 from usfm_monai.data.datalist import write_datalist
 from usfm_monai.data.prepare.common import list_images, read_gray, read_mask, write_mask
+from usfm_monai.io import read_json
 
 __all__ = ["prepare_tn3k"]
 
@@ -28,13 +28,7 @@ _MASK_THRESHOLD = 127
 
 
 def _load_fold(path: str, num_images: int) -> dict[str, list[int]]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"TN3K fold file {path} does not exist.")
-    try:
-        with open(path) as f:
-            fold = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"TN3K fold file {path} is not valid JSON: {e}.") from e
+    fold = read_json(path, "TN3K fold file")
     out = {}
     for key in ("train", "val"):
         if not isinstance(fold, dict) or key not in fold:
