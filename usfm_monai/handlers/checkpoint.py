@@ -58,7 +58,9 @@ class TrainingCheckpoint:
     Only the main rank writes (``torch.distributed``); every rank resumes. A checkpoint saved at an epoch end
     resumes exactly (same weights as an uninterrupted run with deterministic data order); one saved mid-epoch
     resumes at its iteration with the saved weights, optimizer and schedule, and the rest of that epoch takes
-    fresh batches from the loader (the sampler's position inside the epoch is not stored).
+    fresh batches from the loader (the sampler's position inside the epoch is not stored). Raising ``epochs``
+    on a resumed run extends the engine, but a learning-rate schedule restores its own saved horizon (e.g.
+    ``WarmupCosineSchedule.t_total``): to train longer on a fresh schedule, start from the exported weights instead.
 
     Args:
         save_dir: folder of the checkpoint file.
