@@ -141,6 +141,12 @@ def _unknown_keys(given: Mapping[str, Any], allowed: set[str], where: str) -> No
         raise KeyError(f"{where} has unknown keys {unknown}; allowed: {sorted(allowed)}.")
 
 
+def _required_keys(given: Mapping[str, Any], required: Sequence[str], where: str) -> None:
+    for key in required:
+        if key not in given:
+            raise KeyError(f"{where} lacks the required key {key!r}.")
+
+
 def load_preset(preset_file: str) -> dict[str, Any]:
     """Read and validate a grid preset (layout in the module docstring).
 
@@ -160,9 +166,7 @@ def load_preset(preset_file: str) -> dict[str, Any]:
     if not isinstance(preset, dict):
         raise ValueError(f"preset file {preset_file} must hold a JSON object, got {type(preset).__name__}.")
     _unknown_keys(preset, _TOP_KEYS, f"preset {preset_file}")
-    for key in ("seeds", "ratios", "tasks"):
-        if key not in preset:
-            raise KeyError(f"preset {preset_file} lacks the required key {key!r}.")
+    _required_keys(preset, ("seeds", "ratios", "tasks"), f"preset {preset_file}")
     seeds = preset["seeds"]
     if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
         raise TypeError(f"'seeds' of preset {preset_file} must be a non-empty list of ints, got {seeds!r}.")
@@ -178,9 +182,7 @@ def load_preset(preset_file: str) -> dict[str, Any]:
         if not isinstance(step, dict):
             raise TypeError(f"{where} must be an object, got {step!r}.")
         _unknown_keys(step, _PRETRAIN_KEYS, where)
-        for key in ("bundle", "config_files"):
-            if key not in step:
-                raise KeyError(f"{where} lacks the required key {key!r}.")
+        _required_keys(step, ("bundle", "config_files"), where)
         _list_of_str(step["config_files"], f"'config_files' of {where}")
     tasks = preset["tasks"]
     if not isinstance(tasks, dict) or not tasks:
@@ -191,9 +193,7 @@ def load_preset(preset_file: str) -> dict[str, Any]:
         if not isinstance(task, dict):
             raise TypeError(f"{where} must be an object, got {task!r}.")
         _unknown_keys(task, _TASK_KEYS, where)
-        for key in ("bundle", "config_files", "eval_config_files", "metrics_file", "methods"):
-            if key not in task:
-                raise KeyError(f"{where} lacks the required key {key!r}.")
+        _required_keys(task, ("bundle", "config_files", "eval_config_files", "metrics_file", "methods"), where)
         if ("synthetic" in task) == ("datalist_file" in task):
             raise KeyError(f"{where} needs exactly one of 'datalist_file' (a real dataset) or 'synthetic'.")
         for key in ("config_files", "eval_config_files"):
