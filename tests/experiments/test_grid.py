@@ -216,6 +216,33 @@ def test_failed_pretraining_skips_its_cells(tmp_path):
     assert {a["method_tag"] for k, a, _ in runner.calls if k != "pretrain"} == {"scratch"}
 
 
+def test_method_ratios_limit_its_cells_and_its_plot(tmp_path, monkeypatch):
+    methods = {
+        "USFM": {"overrides": {"pretrained": "${pretrain:P}", "score": 0.9, "method_tag": "USFM"}},
+        "USFM-woF": {"overrides": {"score": 0.7, "method_tag": "woF"}, "ratios": [1.0]},
+        "only-small": {"overrides": {"pretrained": "${pretrain:P}", "score": 0.3, "method_tag": "small"},
+                       "ratios": [0.2]},
+    }
+    preset = _make_preset(tmp_path, methods=methods, pretraining=True)
+    out = str(tmp_path / "grid")
+    summary = run_grid(preset, out, runner=FakeRunner(), seeds=[0])
+    rows = _read_csv(summary["results_csv"])
+    assert sorted((r["method"], float(r["ratio"])) for r in rows) == [
+        ("USFM", 0.2), ("USFM", 1.0), ("USFM-woF", 1.0), ("only-small", 0.2)]
+    # a method limited to ratios outside the selection plans no cell and needs no pretraining
+    plan = plan_grid(load_preset(preset), str(tmp_path / "g2"), methods=["only-small"], ratios=[1.0])
+    assert plan["cells"] == [] and plan["pretraining"] == []
+    # the one-ratio methods are no lines in Fig. 10: only USFM is drawn there
+    from usfm_monai.experiments import grid as grid_module
+
+    drawn = []
+    real = grid_module.plot_label_efficiency
+    monkeypatch.setattr(grid_module, "plot_label_efficiency", lambda rows, path, panels, methods=None, titles=None: (
+        drawn.append(methods) or real(rows, path, panels, methods=methods, titles=titles)))
+    run_grid(preset, out, runner=FakeRunner(), seeds=[0])
+    assert drawn == [["USFM"]]
+
+
 def test_dry_run_writes_nothing(tmp_path, capsys):
     preset = _make_preset(tmp_path)
     out = tmp_path / "grid"
@@ -233,8 +260,11 @@ def test_dry_run_writes_nothing(tmp_path, capsys):
         ({"methods": {"bad name": {}}}, ValueError, "bad name"),
         ({"methods": {"A": {"config_files": ["configs/missing.json"]}}}, FileNotFoundError, "missing.json"),
         ({"methods": {"A": {"overrides": {"pretrained": "${pretrain:Q}"}}}}, KeyError, "pretrain:Q"),
+        ({"methods": {"A": {"ratios": [0.5]}}}, ValueError, "preset's ratios"),
+        ({"methods": {"A": {"ratios": []}}}, ValueError, "non-empty"),
     ],
-    ids=["unknown-key", "reserved-override", "undefined-variable", "bad-name", "missing-config", "unknown-pretraining"],
+    ids=["unknown-key", "reserved-override", "undefined-variable", "bad-name", "missing-config", "unknown-pretraining",
+         "method-ratio-not-in-preset", "method-ratios-empty"],
 )
 def test_bad_presets(tmp_path, change, error, match):
     preset = _make_preset(tmp_path, **{k: v for k, v in change.items() if k != "methods"})

@@ -41,8 +41,13 @@ string is replaced by ``variables``, ``${root}``, ``${output_dir}`` or ``${pretr
                             "datalist_file": "data_lists/busi_classification.json", "dataset_dir": "${busi_dir}",
                             "stratify": "label", "overrides": {"epochs": 200},
                             "methods": {"USFM": {"overrides": {"pretrained": "${pretrain:USFM}"}},
-                                        "ResNet50": {"config_files": ["configs/baseline_resnet50.json"]}}}},
+                                        "ResNet50": {"config_files": ["configs/baseline_resnet50.json"]},
+                                        "ViT-scratch": {"config_files": ["configs/baseline_vit_scratch.json"],
+                                                        "ratios": [1.0]}}}},
      "ablation": {"methods": ["USFM", "USFM-woF", "USFM-woS"], "ratio": 1.0}}
+
+A method's optional ``ratios`` (a subset of the preset's) limits it to those label ratios, e.g. an ablation variant
+that is only compared at the ablation ratio.
 
 A task may replace ``datalist_file``/``dataset_dir`` by ``"synthetic": {"task": "classification", "num_images":
 60, "image_size": 64}`` to run on a synthetic dataset generated into ``<output_dir>/data/<task>``.
@@ -209,8 +214,17 @@ def load_preset(preset_file: str) -> dict[str, Any]:
             mwhere = f"method {method_name!r} of {where}"
             if not isinstance(method, dict):
                 raise TypeError(f"{mwhere} must be an object, got {method!r}.")
-            _unknown_keys(method, {"config_files", "overrides"}, mwhere)
+            _unknown_keys(method, {"config_files", "overrides", "ratios"}, mwhere)
             _list_of_str(method.get("config_files", []), f"'config_files' of {mwhere}")
+            if "ratios" in method:
+                mratios = method["ratios"]
+                if not isinstance(mratios, list) or not mratios or any(
+                    isinstance(r, bool) or not isinstance(r, (int, float)) or float(r) not in map(float, ratios)
+                    for r in mratios
+                ):
+                    raise ValueError(
+                        f"'ratios' of {mwhere} must be a non-empty list of the preset's ratios {ratios}, got {mratios!r}."
+                    )
             for key in _RESERVED_ARGS:
                 if key in (method.get("overrides") or {}):
                     raise ValueError(f"'overrides' of {mwhere} must not set {key!r}: the grid sets it for every cell.")
@@ -374,8 +388,10 @@ def plan_grid(
                 f"method {method_name!r} of task {task_name!r}",
             )
             method_overrides = msub(method.get("overrides") or {})
-            needed_pretraining |= msub.used_pretraining | sub.used_pretraining
-            for ratio in ratio_list:
+            method_ratios = [r for r in ratio_list if "ratios" not in method or r in map(float, method["ratios"])]
+            if method_ratios:
+                needed_pretraining |= msub.used_pretraining | sub.used_pretraining
+            for ratio in method_ratios:
                 for seed in seed_list:
                     cell_root = os.path.join(output_dir, "cells", task_name, method_name, _ratio_dir(ratio), f"seed{seed}")
                     args = {
@@ -683,9 +699,13 @@ def _make_plots(preset: Mapping[str, Any], plan: Mapping[str, Any], rows: list[d
         metric = task["plot_metric"] or next(iter(task_rows[0]["metrics"]))
         panels.append((name, metric))
     titles = {name: task["title"] for name, task in plan["tasks"].items()}
-    if panels and len({r["ratio"] for r in rows}) > 1:
+    # a method run at one ratio only (e.g. an ablation variant limited by its 'ratios') is a bar, not a line
+    line_methods = [
+        m for m in dict.fromkeys(r["method"] for r in rows) if len({r["ratio"] for r in rows if r["method"] == m}) > 1
+    ]
+    if panels and line_methods:
         plots.append(plot_label_efficiency(rows, os.path.join(output_dir, "plots", "label_efficiency.png"), panels,
-                                           titles=titles))
+                                           methods=line_methods, titles=titles))
     ablation = preset.get("ablation")
     if ablation and panels:
         compared = list(ablation.get("methods", []))
