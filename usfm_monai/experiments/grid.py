@@ -203,9 +203,7 @@ def load_preset(preset_file: str) -> dict[str, Any]:
             raise KeyError(f"{where} needs exactly one of 'datalist_file' (a real dataset) or 'synthetic'.")
         for key in ("config_files", "eval_config_files"):
             _list_of_str(task[key], f"{key!r} of {where}")
-        for key in _RESERVED_ARGS:
-            if key in (task.get("overrides") or {}):
-                raise ValueError(f"'overrides' of {where} must not set {key!r}: the grid sets it for every cell.")
+        _check_not_reserved(task.get("overrides"), f"'overrides' of {where}")
         methods = task["methods"]
         if not isinstance(methods, dict) or not methods:
             raise TypeError(f"'methods' of {where} must be a non-empty object, got {methods!r}.")
@@ -225,11 +223,15 @@ def load_preset(preset_file: str) -> dict[str, Any]:
                     raise ValueError(
                         f"'ratios' of {mwhere} must be a non-empty list of the preset's ratios {ratios}, got {mratios!r}."
                     )
-            for key in _RESERVED_ARGS:
-                if key in (method.get("overrides") or {}):
-                    raise ValueError(f"'overrides' of {mwhere} must not set {key!r}: the grid sets it for every cell.")
+            _check_not_reserved(method.get("overrides"), f"'overrides' of {mwhere}")
     preset["_file"] = preset_file
     return preset
+
+
+def _check_not_reserved(overrides: Mapping[str, Any] | None, where: str) -> None:
+    for key in _RESERVED_ARGS:
+        if key in (overrides or {}):
+            raise ValueError(f"{where} must not set {key!r}: the grid sets it for every cell.")
 
 
 class _Substituter:
@@ -321,9 +323,7 @@ def plan_grid(
     """
     output_dir = os.path.abspath(output_dir)
     overrides = dict(overrides or {})
-    for key in _RESERVED_ARGS:
-        if key in overrides:
-            raise ValueError(f"overrides must not set {key!r}: the grid sets it for every cell.")
+    _check_not_reserved(overrides, "overrides")
     preset_file = preset.get("_file", os.path.join(os.getcwd(), "preset.json"))
     root = os.path.dirname(os.path.dirname(preset_file))
     python = python or preset.get("python") or sys.executable
@@ -388,7 +388,8 @@ def plan_grid(
                 f"method {method_name!r} of task {task_name!r}",
             )
             method_overrides = msub(method.get("overrides") or {})
-            method_ratios = [r for r in ratio_list if "ratios" not in method or r in map(float, method["ratios"])]
+            allowed_ratios = {float(r) for r in method.get("ratios", ratio_list)}
+            method_ratios = [r for r in ratio_list if r in allowed_ratios]
             if method_ratios:
                 needed_pretraining |= msub.used_pretraining | sub.used_pretraining
             for ratio in method_ratios:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -54,6 +53,8 @@ from usfm_monai.data.prepare.common import (
     read_gray,
     read_mask,
     relative_paths,
+    split_counts,
+    split_description,
     split_records,
     write_mask,
 )
@@ -130,12 +131,8 @@ def _read_images(records: list[dict], report: PreparationReport) -> list[dict]:
     return readable
 
 
-def _class_counts(sections: dict[str, list[dict]]) -> dict[str, dict[str, int]]:
-    return {name: dict(sorted(Counter(r["class_name"] for r in recs).items())) for name, recs in sections.items()}
-
-
 def _print_summary(title: str, output: str, sections, duplicates, conflicts, report) -> None:
-    counts = _class_counts(sections)
+    counts = split_counts(sections)
     print(f"{title}: wrote {output}")
     for name in SPLIT_NAMES:
         print(f"  {name}: {len(sections[name])} {counts[name]}")
@@ -190,12 +187,11 @@ def prepare_busi_classification(
         task="classification",
         seed=int(seed),
         ratios=list(ratios),
-        split="stratified by class; groups of exact copies ordered by sha256(f'{seed}:{pixel sha1}'), "
-        "largest-remainder quotas",
+        split=split_description("class"),
         class_names=list(BUSI_CLASSES),
         num_images_found=len(scanned),
         sizes={name: len(v) for name, v in lists.items()},
-        class_counts=_class_counts(sections),
+        class_counts=split_counts(sections),
         duplicates=relative_paths(duplicates, busi_dir),
         conflicting_duplicates=relative_paths(conflicts, busi_dir),
         conflicting_duplicates_policy="excluded from every split (no single true label)",
@@ -282,13 +278,12 @@ def prepare_busi_segmentation(
         task="segmentation",
         seed=int(seed),
         ratios=list(ratios),
-        split="stratified by class; groups of exact copies ordered by sha256(f'{seed}:{pixel sha1}'), "
-        "largest-remainder quotas",
+        split=split_description("class"),
         classes=classes,
         labels={"0": "background", "255": "lesion (union of all mask files of the image)"},
         mask_dir=os.path.relpath(mask_dir, busi_dir).replace(os.sep, "/"),
         sizes={name: len(v) for name, v in lists.items()},
-        class_counts=_class_counts(sections),
+        class_counts=split_counts(sections),
         duplicates=relative_paths(duplicates, busi_dir),
         conflicting_duplicates=relative_paths(conflicts, busi_dir),
         conflicting_duplicates_policy="kept, in the same split",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +32,8 @@ __all__ = [
     "split_quotas",
     "stratified_group_split",
     "split_records",
+    "split_description",
+    "split_counts",
     "relative_paths",
 ]
 
@@ -261,6 +264,19 @@ def split_records(
     duplicates.sort(key=lambda g: natural_key(g[0]))
     conflicts.sort(key=lambda g: natural_key(g[0]["path"]))
     return sections, duplicates, conflicts
+
+
+def split_description(stratified_by: str) -> str:
+    """The ``metadata.split`` text of a datalist split by :func:`split_records` (hashes of the decoded pixels)."""
+    return (
+        f"stratified by {stratified_by}; groups of exact copies ordered by sha256(f'{{seed}}:{{pixel sha1}}'), "
+        "largest-remainder quotas"
+    )
+
+
+def split_counts(sections: Mapping[str, Sequence[dict]], key: str = "class_name") -> dict[str, dict[str, int]]:
+    """``{split: {value of key: number of records}}``, values sorted, for a datalist's ``metadata``."""
+    return {name: dict(sorted(Counter(r[key] for r in recs).items())) for name, recs in sections.items()}
 
 
 def relative_paths(groups: Sequence[Sequence], base_dir: str) -> list:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
 
 import numpy as np
 
@@ -23,6 +22,8 @@ from usfm_monai.data.prepare.common import (
     read_gray,
     read_mask,
     relative_paths,
+    split_counts,
+    split_description,
     split_records,
     write_mask,
 )
@@ -120,8 +121,7 @@ def prepare_image_mask_folders(
         task="segmentation",
         seed=int(seed),
         ratios=list(ratios),
-        split="stratified by empty/non-empty mask; groups of exact copies ordered by "
-        "sha256(f'{seed}:{pixel sha1}'), largest-remainder quotas",
+        split=split_description("empty/non-empty mask"),
         labels={"0": "background", "255": "foreground"},
         mask_threshold=threshold,
         mask_dir=os.path.relpath(output_mask_dir, base_dir).replace(os.sep, "/"),
@@ -190,7 +190,7 @@ def prepare_class_folders(
         ]
         for split, recs in sections.items()
     }
-    counts = {split: dict(sorted(Counter(r["class_name"] for r in recs).items())) for split, recs in sections.items()}
+    counts = split_counts(sections)
     metadata = dict(
         name="class folders",
         tool="usfm_monai.data.prepare.folders.prepare_class_folders",
@@ -198,8 +198,7 @@ def prepare_class_folders(
         task="classification",
         seed=int(seed),
         ratios=list(ratios),
-        split="stratified by class; groups of exact copies ordered by sha256(f'{seed}:{pixel sha1}'), "
-        "largest-remainder quotas",
+        split=split_description("class"),
         class_names=classes,
         sizes={split: len(v) for split, v in lists.items()},
         class_counts=counts,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
 
 from usfm_monai.data.datalist import write_datalist
 from usfm_monai.data.prepare.busi import scan_busi
@@ -24,6 +23,8 @@ from usfm_monai.data.prepare.common import (
     list_images,
     pixel_hash,
     read_gray,
+    split_counts,
+    split_description,
     split_records,
 )
 
@@ -42,15 +43,14 @@ def _pretrain_datalist(records, root, output, val_fraction, seed, report, name, 
             report.skip(rec["path"], str(e))
     sections, duplicates, _ = split_records(readable, ratios, seed, stratum_key="organ", names=_NAMES)
     lists = {split: [{"image": r["path"], "organ": r["organ"]} for r in recs] for split, recs in sections.items()}
-    counts = {split: dict(sorted(Counter(r["organ"] for r in recs).items())) for split, recs in sections.items()}
+    counts = split_counts(sections, key="organ")
     metadata = dict(
         name=name,
         tool=tool,
         task="pretrain",
         seed=int(seed),
         ratios=list(ratios),
-        split="stratified by organ; groups of exact copies ordered by sha256(f'{seed}:{pixel sha1}'), "
-        "largest-remainder quotas",
+        split=split_description("organ"),
         organs=sorted({r["organ"] for r in readable}),
         sizes={split: len(v) for split, v in lists.items()},
         organ_counts=counts,
