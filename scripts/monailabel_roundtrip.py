@@ -53,7 +53,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VENV = Path(os.environ.get("USFM_MONAILABEL_VENV", Path.home() / ".cache" / "usfm-monai" / "monailabel-venv"))
-DEFAULT_BUSI_DIR = "/work/shared/data/BUSI/Dataset_BUSI_with_GT"
+# the shared data folder next to the repository, as the tests look for it (tests/data/test_prepare_busi.py)
+DEFAULT_BUSI_DIR = REPO_ROOT.parent / "shared" / "data" / "BUSI" / "Dataset_BUSI_with_GT"
 BUSI_IMAGE = Path("benign") / "benign (1).png"
 MONAILABEL_REQUIREMENTS = [
     "monailabel==0.8.5",
@@ -373,11 +374,13 @@ def eager_prediction(bundle_dir: Path, image: Path):
     from monai.bundle import ConfigParser
     from monai.transforms import Compose, SaveImaged
 
+    from usfm_monai.io import load_torch_file
+
     parser = ConfigParser()
     parser.read_config(str(bundle_dir / "configs" / "inference.json"))
     parser["bundle_root"] = str(bundle_dir)
     network = parser.get_parsed_content("network_def", instantiate=True)
-    network.load_state_dict(torch.load(bundle_dir / "models" / "model.pt", weights_only=True)["model"])
+    network.load_state_dict(load_torch_file(bundle_dir / "models" / "model.pt", "model checkpoint")["model"])
     network.eval()
     pre = parser.get_parsed_content("preprocessing", instantiate=True)
     post = parser.get_parsed_content("postprocessing", instantiate=True)

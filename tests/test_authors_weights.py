@@ -140,3 +140,10 @@ def test_errors(authors, tmp_path):
     # a checkpoint of another width fails the strict load with the key/shape list
     with pytest.raises(ValueError, match="patch_embed|shapes do not match"):
         convert_authors_weights(str(authors[1]), str(tmp_path / "s"), bundles=["cls_busi"], size="small")
+
+
+def test_convert_names_a_checkpoint_that_is_not_a_torch_file(tmp_path):
+    bad = tmp_path / "USFM_latest.pth"
+    bad.write_text("<html>404 Not Found</html>\n")  # a failed download
+    with pytest.raises(ValueError, match=r"authors' checkpoint file \S*USFM_latest\.pth \(\d+ bytes\) is not a file"):
+        convert_authors_weights(str(bad), str(tmp_path / "out"), bundles=["seg_tn3k"], size="tiny")

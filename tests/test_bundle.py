@@ -46,3 +46,83 @@ def test_ensure_bool_explains_the_command_line_pitfall():
         USFMReconstructionLoss(use_frequency_loss="false")
     with pytest.raises(TypeError, match="balanced must be True or False"):
         create_sampler([{"image": "a", "organ": "x"}], balanced="false")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# every bool switch a config expression reads is validated: `--flag false` (a string) fails, naming the flag
+# ------------------------------------------------------------------------------------------------------------------
+
+import glob  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BOOL_DEFAULTS = ("$torch.cuda.is_available()", "$sys.stderr.isatty()")
+# plain "@flag" references are allowed only where the receiving library code runs ensure_bool itself
+# (TrainingCheckpoint.resume, the dual mask's use_frequency_mask) or where the value is only recorded (summary info)
+VALIDATED_BY_LIBRARY = {"resume", "use_frequency_mask", "use_usfm_branch"}
+
+
+def _config_sets():
+    for bundle in sorted(glob.glob(os.path.join(REPO, "bundles", "*", "configs"))):
+        name = os.path.basename(os.path.dirname(bundle))
+        train = os.path.join(bundle, "train.json")
+        for extra in ("train.json", "inference.json", "evaluate.json", "multi_gpu_train.json"):
+            path = os.path.join(bundle, extra)
+            if not os.path.isfile(path):
+                continue
+            files = [path] if extra in ("train.json", "inference.json") else [train, path]
+            yield pytest.param(files, id=f"{name}-{extra}")
+
+
+def _walk(node, path=""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _walk(v, f"{path}#{k}" if path else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, f"{path}#{i}")
+    else:
+        yield path, node
+
+
+def _bool_ids(files):
+    ids = set()
+    for f in files:
+        with open(f) as fh:
+            for k, v in json.load(fh).items():
+                if isinstance(v, bool) or v in BOOL_DEFAULTS:
+                    ids.add(k)
+    return ids
+
+
+@pytest.mark.parametrize("files", _config_sets())
+def test_bool_switches_reject_lower_case_false(files):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(files)
+    flags = _bool_ids(files)
+    uses = []
+    for path, value in _walk(parser.get()):
+        if not isinstance(value, str):
+            continue
+        for flag in flags:
+            if re.search(rf"@{flag}\b", value):
+                if value.startswith("$"):
+                    uses.append((path, flag, value))
+                else:
+                    assert path.split("#")[-1] in VALIDATED_BY_LIBRARY, f"{path}: plain @{flag} is not validated"
+    for path, flag, value in uses:
+        checked = ConfigParser()
+        checked.read_config(files)
+        checked[flag] = "false"  # what `python -m monai.bundle run ... --flag false` passes
+        for other in set(re.findall(r"@([\w#]+)", value)) - flags:
+            checked[other] = None  # keep the evaluation to this one expression (no dataset, no network)
+        with pytest.raises(Exception) as err:  # MONAI wraps an expression's error in a RuntimeError
+            checked.get_parsed_content(path, instantiate=False)
+        chain, exc = [], err.value
+        while exc is not None:
+            chain.append(exc)
+            exc = exc.__cause__ or exc.__context__
+        assert any(isinstance(e, TypeError) and f"--{flag} False" in str(e) for e in chain), (path, flag, chain)

@@ -22,6 +22,6 @@ def test_cli_synthetic_writes_a_datalist(tmp_path):
 def test_cli_lists_every_preparer():
     expected = {"synthetic", "prepare_busi_classification", "prepare_busi_segmentation", "prepare_tn3k",
                 "prepare_usenhance", "prepare_organ_folder", "prepare_busi_pretrain", "prepare_class_folders",
-                "prepare_image_mask_folders"}
+                "prepare_image_mask_folders", "prepare_frames"}
     assert expected <= set(COMMANDS)
     assert all(callable(f) and f.__doc__ for f in COMMANDS.values())

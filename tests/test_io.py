@@ -7,7 +7,7 @@ import stat
 import pytest
 import torch
 
-from usfm_monai.io import atomic_write, save_json_atomic, save_torch_atomic
+from usfm_monai.io import atomic_write, load_torch_file, save_json_atomic, save_torch_atomic
 
 
 class _Unpicklable:
@@ -38,3 +38,38 @@ def test_json_atomic_and_permissions(tmp_path):
             f.write("partial")
             1 / 0
     assert json.loads(path.read_text()) == {"dsc": 0.5} and os.listdir(path.parent) == ["summary.json"]
+
+
+class Opaque:
+    """A class ``weights_only=True`` refuses to unpickle."""
+
+
+def _bad_torch_files(folder):
+    good = folder / "good.pt"
+    torch.save({"w": torch.arange(3.0)}, good)
+    data = good.read_bytes()
+    (folder / "text.pt").write_text("hello, not a checkpoint\n")
+    (folder / "garbage.pt").write_bytes(bytes(range(7, 107)))
+    (folder / "empty.pt").write_bytes(b"")
+    (folder / "truncated.pt").write_bytes(data[: len(data) // 2])
+    torch.save({"w": Opaque()}, folder / "objects.pt")
+    return good
+
+
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("text.pt", "is not a file written by torch.save"),
+        ("garbage.pt", "is not a file written by torch.save"),
+        ("truncated.pt", "is not a file written by torch.save"),
+        ("empty.pt", r"is empty \(0 bytes\)"),
+        ("objects.pt", r"refused by torch.load\(weights_only=True\).*Unsupported global"),
+    ],
+)
+def test_load_torch_file_names_the_file_and_why(tmp_path, name, reason):
+    good = _bad_torch_files(tmp_path)
+    assert torch.equal(load_torch_file(good)["w"], torch.arange(3.0))
+    with pytest.raises(ValueError, match=f"encoder weights file .*{name}.* {reason}"):
+        load_torch_file(tmp_path / name, "encoder weights")
+    with pytest.raises(FileNotFoundError, match="gone.pt does not exist"):
+        load_torch_file(tmp_path / "gone.pt")

@@ -108,6 +108,27 @@ def test_segmentation_metric_class_matches_functional_and_averages_images():
     assert summarize(np.array([1.0, np.nan, 0.0])) == (0.5, 0.5, 2)
 
 
+def test_hd95_undefined_for_every_image_is_nan_not_the_best_score():
+    """All-empty predictions (early training): HD95 is undefined, never 0.0, in aggregate and in the engine."""
+    label = torch.zeros(2, 1, 6, 6)
+    label[:, 0, 2:4, 2:4] = 1
+    pred = torch.zeros_like(label)
+    for reduction in ("mean", "mean_batch", "mean_channel"):
+        metric = SegmentationMetric("hd95", reduction=reduction, get_not_nans=True)
+        metric(y_pred=pred, y=label)
+        value, not_nans = metric.aggregate()
+        assert torch.isnan(value).all() and (not_nans == 0).all(), reduction
+    engine = Engine(lambda e, b: {"pred": pred, "label": label})
+    IgniteMetricHandler(metric_fn=SegmentationMetric("hd95"), output_transform=from_engine(["pred", "label"])).attach(
+        engine, "hd95"
+    )
+    IgniteMetricHandler(metric_fn=SegmentationMetric("dsc"), output_transform=from_engine(["pred", "label"])).attach(
+        engine, "dsc"
+    )
+    engine.run([0], max_epochs=1)
+    assert math.isnan(engine.state.metrics["hd95"]) and engine.state.metrics["dsc"] == 0.0
+
+
 def test_segmentation_metric_multiclass_label_map_and_onehot():
     # 3 classes: per image, the mean over the foreground classes 1 and 2
     label = torch.zeros(1, 1, 6, 6)

@@ -183,6 +183,32 @@ def _run(cmd, cwd, timeout=300, env=None):
     return proc.stdout
 
 
+def _outer_site_packages() -> list[str]:
+    """The site-packages of the virtual environment running the tests; empty on a system interpreter.
+
+    ``venv --system-site-packages`` made from a venv's interpreter inherits the *base* interpreter's packages, not
+    the outer venv's, so torch/monai installed in the outer venv would be missing.
+    """
+    if sys.prefix == sys.base_prefix:
+        return []
+    import site
+
+    return [p for p in site.getsitepackages() if os.path.isdir(p)]
+
+
+def _inherit_outer_venv(python, cwd, env) -> None:
+    """Append the outer venv's site-packages to the inner venv's ``sys.path`` with a ``.pth`` file.
+
+    Plain path lines, after the inner venv's own site-packages: the wheel's ``usfm_monai`` still wins over an
+    editable install in the outer venv (whose own ``.pth`` hooks are not run).
+    """
+    outer = _outer_site_packages()
+    if not outer:
+        return
+    purelib = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd, env=env).strip()
+    Path(purelib, "_outer_venv.pth").write_text("\n".join(outer) + "\n")
+
+
 @pytest.mark.slow
 def test_wheel_runs_packed_bundle_outside_repo(tmp_path):
     bundle_src = REPO / "bundles" / "seg_tn3k"
@@ -201,6 +227,7 @@ def test_wheel_runs_packed_bundle_outside_repo(tmp_path):
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--system-site-packages", venv], tmp_path, env=env)
     python = venv / "bin" / "python"
+    _inherit_outer_venv(python, tmp_path, env)
     _run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel], tmp_path, env=env)
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -257,3 +284,93 @@ def test_wheel_runs_packed_bundle_outside_repo(tmp_path):
             assert mask.size == sizes[out.name.replace("_seg", "")]
             assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 1}
     assert not (REPO / "bundles" / "seg_tn3k" / "eval" / "inference" / "a_seg.png").exists()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# hygiene: public names resolve, imports are declared, no machine-specific paths
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _package_modules() -> list[str]:
+    import pkgutil
+
+    import usfm_monai
+
+    names = ["usfm_monai"]
+    for info in pkgutil.walk_packages(usfm_monai.__path__, "usfm_monai."):
+        if not info.name.endswith("__main__"):
+            names.append(info.name)
+    return names
+
+
+@pytest.mark.parametrize("module", _package_modules())
+def test_star_import_of_every_module(module):
+    """``from <module> import *`` works: every name in ``__all__`` exists."""
+    namespace: dict = {}
+    exec(f"from {module} import *", namespace)  # noqa: S102 - the statement under test
+    import importlib
+
+    public = getattr(importlib.import_module(module), "__all__", [])
+    assert [n for n in public if n not in namespace] == []
+
+
+def _module_level(body):
+    """Statements run at import time: the module body and its ``if`` / ``try`` blocks, not function bodies."""
+    import ast
+
+    for node in body:
+        yield node
+        if isinstance(node, (ast.If, ast.Try)):
+            for block in ("body", "orelse", "finalbody"):
+                yield from _module_level(getattr(node, block, []))
+            for handler in getattr(node, "handlers", []):
+                yield from _module_level(handler.body)
+
+
+def test_every_third_party_import_is_declared():
+    """Each package ``usfm_monai`` imports at module level is in ``install_requires`` (or the standard library).
+
+    Imports inside functions are lazy, for optional features; they are not checked here.
+    """
+    import ast
+    import configparser
+    import importlib.metadata
+    import re
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    declared = {
+        re.split(r"[<>=!~\[ ;]", line.strip())[0].lower().replace("_", "-")
+        for line in cfg["options"]["install_requires"].splitlines()
+        if line.strip()
+    }
+    dists = importlib.metadata.packages_distributions()
+    undeclared = {}
+    for path in (REPO / "usfm_monai").rglob("*.py"):
+        for node in _module_level(ast.parse(path.read_text(encoding="utf-8")).body):
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                tops = [node.module.split(".")[0]]
+            else:
+                continue
+            for top in tops:
+                if top in sys.stdlib_module_names or top == "usfm_monai" or top not in dists:
+                    continue  # standard library, ourselves, or optional and absent here (optional_import)
+                names = {d.lower().replace("_", "-") for d in dists[top]}
+                if not names & declared:
+                    undeclared.setdefault(top, str(path.relative_to(REPO)))
+    # optional at run time, imported lazily through monai.utils.optional_import or guarded imports
+    optional = {"pydicom", "itk", "nvidia"}
+    assert {k: v for k, v in undeclared.items() if k not in optional} == {}
+
+
+def test_no_machine_specific_paths():
+    """Tests, scripts and docs find shared data relative to the repository or from an environment variable."""
+    offenders = []
+    for folder in ("tests", "scripts", "docs", "usfm_monai", "bundles"):
+        for path in (REPO / folder).rglob("*"):
+            if path.suffix in (".py", ".md", ".json") and path.is_file() and path.name != "test_packaging.py":
+                if "/work/" in path.read_text(encoding="utf-8", errors="replace"):
+                    offenders.append(str(path.relative_to(REPO)))
+    assert offenders == []

@@ -33,9 +33,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any, Dict, Optional, Sequence, Union
 
-import torch
-
-from usfm_monai.io import atomic_write, save_json_atomic
+from usfm_monai.io import atomic_write, load_torch_file, save_json_atomic
 from usfm_monai.networks.encoder import USFM_SIZES, create_usfm_encoder
 from usfm_monai.networks.mim import export_encoder
 from usfm_monai.networks.weights import AUTHORS_SHARED_TABLE_KEY, load_encoder_weights
@@ -151,6 +149,8 @@ def convert_authors_weights(
 
     Raises:
         FileNotFoundError: ``checkpoint`` does not exist.
+        ValueError: ``checkpoint`` is empty, not a torch file, or refused by ``weights_only=True`` (named, with
+            the cause: :func:`usfm_monai.io.load_torch_file`).
         KeyError: the checkpoint is not the authors' layout (no ``rel_pos_bias.relative_position_bias_table``), or a
             bundle is unknown and has no ``img_size``.
         ValueError: ``bundles`` is empty, ``size`` is unknown, an ``img_size`` is not a positive multiple of 16, or
@@ -165,7 +165,7 @@ def convert_authors_weights(
     if size not in USFM_SIZES:
         raise ValueError(f"size must be one of {sorted(USFM_SIZES)}, got {size!r}.")
     sizes = _img_sizes(bundles, img_size)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_torch_file(checkpoint, "authors' checkpoint")
     os.makedirs(output_dir, exist_ok=True)
     import usfm_monai
 

@@ -7,6 +7,7 @@ Each command is a thin call into one package function; its docstring is the help
     usfm-monai prepare_tn3k --tn3k_dir /data/tn3k --output data_lists/tn3k_fold0.json --fold 0
     usfm-monai convert_authors_weights --checkpoint USFM_latest.pth --output_dir weights/usfm_authors
     usfm-monai pack_bundle bundles/seg_tn3k
+    usfm-monai probe --encoders "['random','models/usfm_encoder.pt']" --dataset_dir /data/BUSI --datalist_file busi.json
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from usfm_monai.data.prepare import (
     prepare_busi_pretrain,
     prepare_busi_segmentation,
     prepare_class_folders,
+    prepare_frames,
     prepare_image_mask_folders,
     prepare_organ_folder,
     prepare_tn3k,
@@ -27,6 +29,7 @@ from usfm_monai.data.prepare import (
 from usfm_monai.data.synthetic import make_synthetic_dataset
 from usfm_monai.experiments.grid import run_grid
 from usfm_monai.packaging import pack_bundle_command
+from usfm_monai.probe import probe_encoder
 from usfm_monai.seeds import run_seeds
 
 __all__ = ["COMMANDS", "main"]
@@ -34,6 +37,7 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS = {
     "synthetic": make_synthetic_dataset,
     "prepare_organ_folder": prepare_organ_folder,
+    "prepare_frames": prepare_frames,
     "prepare_busi_pretrain": prepare_busi_pretrain,
     "prepare_busi_classification": prepare_busi_classification,
     "prepare_busi_segmentation": prepare_busi_segmentation,
@@ -45,6 +49,7 @@ COMMANDS = {
     "pack_bundle": pack_bundle_command,
     "run_seeds": run_seeds,
     "grid": run_grid,
+    "probe": probe_encoder,
 }
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from usfm_monai.bundle import ensure_bool
 
-__all__ = ["FocalFrequencyLoss", "USFMReconstructionLoss"]
+__all__ = ["FocalFrequencyLoss", "USFMReconstructionLoss", "balanced_class_weights"]
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -181,3 +181,40 @@ class USFMReconstructionLoss(nn.Module):
         if self.use_frequency_loss:
             loss = loss + self.lambda_freq * self.frequency_loss(pred, target)
         return loss
+
+
+def balanced_class_weights(
+    items, num_classes: int, enabled: bool = True, device: torch.device | str | None = None, label_key: str = "label"
+) -> torch.Tensor | None:
+    """Cross-entropy class weights ``N / (K · n_c)`` from a classification datalist (scikit-learn's "balanced").
+
+    With BUSI's 56 % benign images an unweighted ViT learns the class prior first and, at a small budget, never
+    leaves it (macro-F1 0.24); weighting the classes by inverse frequency makes every class count equally.
+
+    Args:
+        items: datalist items with an int ``label_key``.
+        num_classes: K.
+        enabled: ``False`` returns ``None`` (an unweighted loss), so a bundle switch maps onto this one call.
+        device: device of the weights (the loss's device).
+        label_key: key of the class index.
+
+    Returns:
+        ``(K,)`` float32 weights (mean 1 over the items), or ``None`` when not ``enabled``.
+
+    Raises:
+        ValueError: no items, a label outside ``[0, K)``, or a class without any item (its weight would be
+            infinite: say which).
+    """
+    if not ensure_bool("class_balanced", enabled):
+        return None
+    labels = [item.get(label_key) for item in items]
+    if not labels:
+        raise ValueError("balanced_class_weights: the datalist has no items.")
+    bad = [(i, lab) for i, lab in enumerate(labels) if isinstance(lab, bool) or not isinstance(lab, int) or not 0 <= lab < num_classes]
+    if bad:
+        raise ValueError(f"balanced_class_weights: item {bad[0][0]} has {label_key}={bad[0][1]!r}, expected an int in [0, {num_classes}).")
+    counts = torch.bincount(torch.as_tensor(labels), minlength=num_classes).float()
+    if (counts == 0).any():
+        missing = [c for c in range(num_classes) if counts[c] == 0]
+        raise ValueError(f"balanced_class_weights: classes {missing} have no training item; cannot balance them.")
+    return (len(labels) / (num_classes * counts)).to(device)

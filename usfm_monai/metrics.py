@@ -90,6 +90,10 @@ def _aggregate(metric: CumulativeIterationMetric, reduction: MetricReduction | s
     if not isinstance(data, torch.Tensor):
         raise ValueError(f"{type(metric).__name__} has no values to aggregate; call it on a batch first.")
     f, not_nans = do_metric_reduction(data, reduction)
+    # MONAI's reduction returns 0 where every value was NaN (e.g. HD95 when every prediction is empty early in
+    # training): for HD95 that is the best possible score. Undefined stays NaN, so logs show nan and best-model
+    # selection (NaN never compares greater) is not fooled.
+    f = torch.where(not_nans > 0, f, torch.full_like(f, float("nan")))
     return (f, not_nans) if get_not_nans else f
 
 

@@ -17,7 +17,7 @@ from usfm_monai.data.synthetic import ensure_synthetic_dataset
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLE = os.path.join(REPO, "bundles", "cls_busi")
 CONFIGS = os.path.join(BUNDLE, "configs")
-SCHEMA = "/work/shared/monai/meta_schema_20240725.json"
+SCHEMA = os.path.join(os.path.dirname(REPO), "shared", "monai", "meta_schema_20240725.json")
 CLASSES = ["benign", "malignant", "normal"]
 SYNTHETIC = {"synthetic_num_images": 30, "synthetic_image_size": 64}
 
@@ -74,8 +74,10 @@ def test_bundle_properties(tmp_path, synthetic_dir, files, workflow_type):
 
 
 def test_layer_decay_and_label_smoothing_wiring(tmp_path, synthetic_dir):
-    """Head at the full learning rate, patch embedding at lr * 0.65 ** (depth + 1) (BEiT layer decay); CE with 0.1."""
-    parser = _parser(_cfg("train.json", "quick.json"), **_overrides(tmp_path, synthetic_dir))
+    """Head at the full learning rate, patch embedding at lr * 0.65 ** (depth + 1) (BEiT layer decay); CE with 0.1.
+
+    The decay is set explicitly here: by default it follows ``pretrained`` (tests/bundles/test_recipes.py)."""
+    parser = _parser(_cfg("train.json", "quick.json"), **_overrides(tmp_path, synthetic_dir, layer_decay=0.65))
     network = parser.get_parsed_content("network")
     lr = parser.get_parsed_content("learning_rate")
     depth = len(network.encoder.blocks)

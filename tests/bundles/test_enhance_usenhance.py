@@ -153,7 +153,10 @@ def test_train_resume_evaluate_infer(tmp_path, tiny_encoder_file, use_branch):
 
     models = os.path.join(root, "models")
     ckpt = torch.load(os.path.join(models, "checkpoint_last.pt"), weights_only=True)
-    assert sorted(ckpt) == ["disc_lr_scheduler", "gen_lr_scheduler", "trainer"]  # networks only inside the trainer
+    assert sorted(ckpt) == [  # networks only inside the trainer
+        "disc_lr_scheduler", "evaluator_best_metric", "gen_lr_scheduler", "settings", "torch_rng", "trainer",
+        "trainer_best_metric",
+    ]
     assert ckpt["trainer"]["iteration"] == 2 * per_epoch
     state = torch.load(os.path.join(models, "model.pt"), weights_only=True)["model"]
     branch = {k[len("usfm_branch.encoder."):]: v for k, v in state.items() if k.startswith("usfm_branch.encoder.")}
@@ -211,3 +214,42 @@ def test_train_resume_evaluate_infer(tmp_path, tiny_encoder_file, use_branch):
     assert figure.shape == (48, 3 * 40 + 2 * 4)
     np.testing.assert_array_equal(figure[:, -40:], np.asarray(Image.open(high / "case.png")))
     assert np.abs(figure[:, 44:84].astype(int) - enhanced.astype(int)).max() <= 1  # PNG writer truncates
+
+
+@pytest.mark.parametrize("override_file", ["quick.json", "cpu_recipe.json"])
+def test_override_files_only_set_existing_settings(override_file):
+    with open(os.path.join(CONFIGS, "train.json")) as f:
+        train = json.load(f)
+    with open(os.path.join(CONFIGS, override_file)) as f:
+        overrides = json.load(f)
+    unknown = [k for k in overrides if k.split("#")[0] not in train]
+    assert not unknown, f"{override_file} sets {unknown}, which train.json does not define (a typo is silently added)"
+    assert all(not isinstance(v, (dict, list)) for v in overrides.values()), "scalar-only override file"
+
+
+def test_recipe_switches_reach_networks_and_trainer(tmp_path):
+    # usfm_random_weights: the branch is built without reading usfm_weights (absent here) and keeps its random init
+    workflow = ConfigWorkflow(
+        config_file=_config("train.json"), workflow_type="train", bundle_root=str(tmp_path),
+        **{**TINY, "usfm_weights": str(tmp_path / "absent.pt"), "usfm_random_weights": True,
+           "residual_generator": True, "output_levels": 256, "lambda_paired": 2.5, "paired_loss": "l1+ssim"},
+    )
+    workflow.initialize()
+    parser = workflow.parser
+    net, gen_b2a = parser.get_parsed_content("network_def"), parser.get_parsed_content("gen_b2a_def")
+    assert net.usfm_branch is not None and net.residual and gen_b2a.residual and gen_b2a.usfm_branch is None
+    assert net.output_levels == 256  # only the evaluated low-to-high generator rounds
+    torch.manual_seed(0)
+    fresh = create_usfm_encoder("tiny", img_size=32, use_fc_norm=False, drop_path_rate=0.0)
+    assert set(fresh.state_dict()) == set(net.usfm_branch.encoder.state_dict())
+    trainer = parser.get_parsed_content("train#trainer")
+    assert trainer.lambda_paired == 2.5 and trainer.paired_loss == "l1+ssim"
+    x = torch.rand(1, 1, 32, 32)
+    x = torch.round(x * 255) / 255
+    torch.testing.assert_close(net.eval()(x), x, atol=1e-6, rtol=0)  # identity at start, 8-bit output
+    # the defaults keep the paper's CycleGAN: no paired term, plain output, weights file required
+    defaults = ConfigWorkflow(config_file=_config("train.json"), workflow_type="train", bundle_root=str(tmp_path),
+                              **{**TINY, "use_usfm_branch": False})
+    defaults.initialize()
+    trainer = defaults.parser.get_parsed_content("train#trainer")
+    assert trainer.lambda_paired == 0.0 and not defaults.parser.get_parsed_content("network_def").residual

@@ -15,7 +15,7 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLE = os.path.join(REPO, "bundles", "seg_tn3k")
 CONFIGS = os.path.join(BUNDLE, "configs")
-SCHEMA = "/work/shared/monai/meta_schema_20240725.json"
+SCHEMA = os.path.join(os.path.dirname(REPO), "shared", "monai", "meta_schema_20240725.json")
 
 # CPU-sized settings on top of quick.json: a 64 px tiny UPerNet, 40 synthetic images of 96 px
 TINY = {

@@ -1,14 +1,17 @@
 import json
 import os
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from usfm_monai.data.datalist import load_datalist, resolve_datalist, write_datalist
 
 
 def _touch(path):
+    """A real 2 x 2 8-bit PNG: resolve_datalist checks that every listed file is a readable image."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    open(path, "wb").close()
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(path, format="PNG")
     return path
 
 
@@ -132,3 +135,24 @@ def test_resolve_synthetic(tmp_path):
         on_disk = json.load(f)
     assert [it["image"] for it in items] == [str(target / it["image"]) for it in on_disk["training"]]
     assert all(isinstance(it["label"], int) and os.path.isfile(it["image"]) for it in items)
+
+
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        ([{"image": "a.png", "label": "benign"}], r"item 0: label must be an int class index, got 'benign' \(write 0"),
+        ([{"image": "a.png", "label": 3}], r"item 0: label 3 is out of range for num_classes=3"),
+        ([{"image": "a.png", "label": 1.0}], "must be an int class index, got 1.0"),
+        ([{"image": "a.png", "label": 0, "class_name": "benign"}, {"image": "b.png", "label": 1}],
+         r"1 item\(s\) have a 'class_name' and 1 do not \(e.g. item 1\)"),
+        ([{"image": "a.png", "label": 0, "class_name": "normal"}], "class_name 'normal' does not match label 0"),
+    ],
+    ids=["string-label", "out-of-range", "float-label", "class-name-on-some", "class-name-mismatch"],
+)
+def test_classification_labels_checked_at_start_up(dataset, items, message):
+    path = write_datalist(str(dataset / "cls.json"), {"training": items})
+    with pytest.raises(ValueError, match=message):
+        resolve_datalist(str(dataset), path, task="classification", class_names=["benign", "malignant", "normal"])
+    good = [{"image": "a.png", "label": 2, "class_name": "normal"}, {"image": "b.png", "label": 0, "class_name": "benign"}]
+    path = write_datalist(str(dataset / "cls.json"), {"training": good})
+    assert [i["label"] for i in resolve_datalist(str(dataset), path, task="classification", num_classes=3)] == [2, 0]

@@ -133,6 +133,32 @@ def test_pair_same_anatomy_low_is_degraded():
     np.testing.assert_array_equal(high, high2)
 
 
+def test_pair_one_degradation_at_a_time():
+    high_q = dict(synthetic._QUALITY["high"])
+    args = ("thyroid", 64, "linear", None, 4)  # linear: no scan-conversion interpolation after the window clip
+    low, high = synthesize_pair(*args)
+    # defaults unchanged by the explicit arguments
+    for got, ref in zip(synthesize_pair(*args, low_settings=None, shared_speckle=False), (low, high)):
+        np.testing.assert_array_equal(got, ref)
+    # high-quality settings and shared draws: the "low" image is the high one
+    same_low, same_high = synthesize_pair(*args, low_settings=high_q, shared_speckle=True)
+    np.testing.assert_array_equal(same_high, high)
+    np.testing.assert_array_equal(same_low, high)
+    # independent draws with the same settings: same anatomy, different speckle
+    indep_low, _ = synthesize_pair(*args, low_settings=high_q, shared_speckle=False)
+    assert not np.array_equal(indep_low, high)
+    # window only: on pixels clipped in neither window, the 30 dB window is the 48 dB one stretched by 48 / 30
+    win_low, _ = synthesize_pair(*args, low_settings={**high_q, "floor_db": -24.0, "range_db": 30.0},
+                                 shared_speckle=True)
+    h, lo = high.astype(float) / 255, win_low.astype(float) / 255
+    inside = (lo > 0.05) & (lo < 0.95)
+    np.testing.assert_allclose(lo[inside], (h[inside] * 48.0 - 12.0) / 30.0, atol=2.5 / 255 * 48 / 30)
+    with pytest.raises(ValueError, match="low_settings keys"):
+        synthesize_pair(*args, low_settings={"gain": 1.0})
+    with pytest.raises(ValueError, match="looks"):
+        synthesize_pair(*args, low_settings={"looks": 0})
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [

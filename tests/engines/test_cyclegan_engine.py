@@ -248,3 +248,64 @@ def test_amp_adds_one_scaler_per_optimizer_to_state():
     assert {"gen_scaler", "disc_scaler"} <= set(sd) and "gen_scaler" not in plain_trainer.state_dict()
     with pytest.raises(KeyError, match="amp"):
         amp_trainer.load_state_dict(plain_trainer.state_dict())
+
+
+@pytest.mark.parametrize("paired_loss", ["l1", "ssim", "l1+ssim"])
+def test_paired_term_is_added_to_the_generator_loss_and_gradient(paired_loss):
+    from usfm_monai.metrics import compute_ssim
+
+    batch = make_batches(1, seed=5)[0]
+    a, b = batch["image"], batch["target"]
+    lam, lr = 3.0, 0.05
+    plain_nets, paired_nets = build_nets(), build_nets()
+    ref_gen = copy.deepcopy(paired_nets["gen_a2b"]).train()
+    plain = build_trainer(plain_nets, [batch], opt="sgd", lr=lr, decollate=False, pool_size=4)
+    paired = build_trainer(paired_nets, [batch], opt="sgd", lr=lr, decollate=False, pool_size=4,
+                           lambda_paired=lam, paired_loss=paired_loss)
+    plain.run()
+    paired.run()
+    fake_b = ref_gen(a)
+    # independent oracle: the SSIM metric of the package (scikit-image), per image, on the same 7x7 windows
+    ssim = torch.tensor([compute_ssim(p[0].detach().double().numpy(), t[0].double().numpy()) for p, t in zip(fake_b, b)])
+    expected = {"l1": l1(fake_b, b), "ssim": 1 - ssim.mean(), "l1+ssim": l1(fake_b, b) + 1 - ssim.mean()}[paired_loss]
+    out_p, out_0 = paired.state.output, plain.state.output
+    torch.testing.assert_close(out_p["loss_paired"].double(), lam * expected.detach().double(), atol=1e-5, rtol=1e-4)
+    assert out_0["loss_paired"] == 0
+    for key in LOSS_KEYS[:6]:  # the other terms are those of the same networks before the step
+        torch.testing.assert_close(out_p[key], out_0[key], msg=key)
+    torch.testing.assert_close(out_p["loss_g"], out_0["loss_g"] + out_p["loss_paired"])
+    # the SGD step differs by exactly -lr * lam * d(paired)/dtheta for gen_a2b, and not at all for gen_b2a
+    target = {"l1": lambda x: l1(x, b), "ssim": None, "l1+ssim": None}[paired_loss]
+    if target is not None:
+        params = list(ref_gen.trainable_parameters())
+        grads = torch.autograd.grad(lam * target(ref_gen(a)), params)
+        for new, old, grad in zip(paired_nets["gen_a2b"].trainable_parameters(),
+                                  plain_nets["gen_a2b"].trainable_parameters(), grads):
+            torch.testing.assert_close(new, old - lr * grad, atol=1e-5, rtol=1e-4)
+    changed = [not torch.equal(p, q) for p, q in zip(paired_nets["gen_a2b"].trainable_parameters(),
+                                                       plain_nets["gen_a2b"].trainable_parameters())]
+    assert any(changed)
+    for p, q in zip(paired_nets["gen_b2a"].parameters(), plain_nets["gen_b2a"].parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_paired_weight_zero_is_the_plain_cyclegan_step():
+    batch = make_batches(1, seed=2)[0]
+    nets0, nets1 = build_nets(), build_nets()
+    plain = build_trainer(nets0, [batch], decollate=False)
+    zero = build_trainer(nets1, [batch], decollate=False, lambda_paired=0.0, paired_loss="ssim")
+    plain.run()
+    zero.run()
+    for key in LOSS_KEYS:
+        torch.testing.assert_close(zero.state.output[key], plain.state.output[key], rtol=0, atol=0, msg=key)
+    for name in nets0:
+        for p, q in zip(nets0[name].parameters(), nets1[name].parameters()):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_paired_invalid_arguments():
+    nets, data = build_nets(), make_batches(1)
+    with pytest.raises(ValueError, match="lambda_paired"):
+        build_trainer(nets, data, lambda_paired=-1.0)
+    with pytest.raises(ValueError, match="paired_loss"):
+        build_trainer(nets, data, lambda_paired=1.0, paired_loss="l2")

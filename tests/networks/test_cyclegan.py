@@ -223,6 +223,54 @@ def test_generator_invalid_arguments(kwargs, error):
         ResnetGenerator(**kwargs)
 
 
+def test_residual_generator_starts_as_identity_and_learns_a_correction():
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 32, 32)
+    x[:, :, :8] = 0.0  # black background rows (outside a sector scan) must stay black
+    gen = ResnetGenerator(ngf=4, n_blocks=1, residual=True, usfm_encoder=tiny_beit())
+    y = gen(x)
+    torch.testing.assert_close(y, x.clamp(1e-3, 1 - 1e-3), atol=1e-6, rtol=0)
+    # the zero-initialised last conv receives a gradient, so training moves away from the identity
+    target = 0.5 * x + 0.25
+    (y - target).abs().mean().backward()
+    last = gen.decoder[-1]
+    assert last.weight.grad.abs().sum() > 0 and last.bias.grad.abs().sum() > 0
+    with torch.no_grad():
+        last.bias.fill_(0.3)  # a known correction z = 0.3 everywhere: y = sigmoid(logit(x) + 0.6)
+        expected = torch.sigmoid(torch.logit(x.clamp(1e-3, 1 - 1e-3)) + 0.6)
+        torch.testing.assert_close(gen(x), expected, atol=1e-6, rtol=1e-5)
+    # the plain generator is not the identity at initialisation
+    assert (ResnetGenerator(ngf=4, n_blocks=1)(x) - x).abs().mean() > 0.1
+    with pytest.raises(ValueError, match="out_channels"):
+        ResnetGenerator(in_channels=1, out_channels=3, residual=True)
+    with pytest.raises(ValueError, match="residual"):
+        ResnetGenerator(residual="true")
+
+
+def test_output_levels_round_in_eval_mode_only():
+    torch.manual_seed(1)
+    x = torch.rand(2, 1, 32, 32)
+    gen = ResnetGenerator(ngf=4, n_blocks=1, output_levels=256)
+    ref = ResnetGenerator(ngf=4, n_blocks=1)
+    ref.load_state_dict(gen.state_dict())
+    with torch.no_grad():
+        y_float = ref.eval()(x)
+        torch.testing.assert_close(gen.train()(x), ref.train()(x), rtol=0, atol=0)  # training: float output
+        y = gen.eval()(x)
+    levels = y * 255
+    torch.testing.assert_close(levels, torch.round(levels), rtol=0, atol=1e-4)  # exact 8-bit gray levels
+    assert (y - y_float).abs().max() <= 0.5 / 255 + 1e-6
+    # a residual generator at initialisation reproduces an 8-bit image exactly, black background included
+    img = torch.randint(0, 256, (1, 1, 32, 32)).float() / 255
+    img[..., :10] = 0
+    res = ResnetGenerator(ngf=4, n_blocks=1, residual=True, output_levels=256).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(res(img), img, rtol=0, atol=1e-6)
+    for bad in (1, 2.5, True):
+        with pytest.raises(ValueError, match="output_levels"):
+            ResnetGenerator(output_levels=bad)
+
+
 def test_generator_rejects_bad_input_shape():
     gen = ResnetGenerator(ngf=4, n_blocks=0)
     with pytest.raises(ValueError, match="divisible"):

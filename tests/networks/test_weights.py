@@ -358,6 +358,14 @@ def test_missing_file_and_bad_inputs(tmp_path):
         load_encoder_weights(ours(), pickled)
     with pytest.raises(TypeError, match="path_or_state_dict"):
         load_encoder_weights(ours(), 3)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint\n", bytes(range(100))], ids=["empty", "text", "garbage"])
+def test_pretrained_file_that_is_not_torch_is_named(tmp_path, content):
+    path = tmp_path / "usfm_encoder.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"encoder weights file \S*usfm_encoder\.pt (is empty|\(\d+ bytes\) is not a file)"):
+        load_encoder_weights(ours(), path)
     with pytest.raises(ValueError, match="no encoder found"):
         load_encoder_weights(ours(), {"weight": torch.zeros(1)})
     with pytest.raises(TypeError, match="encoder"):

@@ -29,3 +29,22 @@ def test_ensure_spatial_dims_drops_trailing_singletons_only(as_meta):
         EnsureSpatialDims(0)
     with pytest.raises(KeyError):
         EnsureSpatialDimsd("label")({"image": volume})
+
+
+def test_ensure_same_spatial_shape_names_both_files(tmp_path):
+    from monai.transforms import LoadImaged
+    from PIL import Image
+
+    from usfm_monai.transforms import EnsureSameSpatialShaped
+
+    Image.fromarray(np.zeros((40, 30), np.uint8)).save(tmp_path / "img.png")
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "mask.png")
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(tmp_path / "rgb.png")
+    load = LoadImaged(["image", "label"], image_only=True, ensure_channel_first=True)
+    check = EnsureSameSpatialShaped(["image", "label"])
+    d = load({"image": str(tmp_path / "rgb.png"), "label": str(tmp_path / "img.png")})
+    assert check(d) is d  # 3-channel image, 1-channel mask, same 30 x 40 pixels: fine
+    d = load({"image": str(tmp_path / "img.png"), "label": str(tmp_path / "mask.png")})
+    with pytest.raises(ValueError, match=r"'image' \S*img\.png has spatial size \(30, 40\) but 'label' \S*mask\.png has \(30, 20\)"):
+        check(d)
+    assert EnsureSameSpatialShaped(["image", "label"], allow_missing_keys=True)({"image": np.zeros((1, 3, 3))})

@@ -10,8 +10,10 @@ with every path relative to the dataset folder (``dataset_dir``). Item keys: ``i
 ``target`` (the high-quality image for enhancement).
 
 Unlike ``load_decathlon_datalist``, which only checks that the file and section exist, :func:`load_datalist`
-validates the whole list up front (required keys, referenced files), so a bad dataset fails before a loader is
-built (MONAI's ``Workflow.run`` only warns on an empty loader).
+validates the whole list up front (required keys, referenced files, and with ``verify_files`` that every file is a
+readable 8-bit image: :mod:`usfm_monai.data.checks`), and :func:`resolve_datalist` checks classification labels
+against the classes, so a bad dataset fails before a loader is built, naming the item (MONAI's ``Workflow.run``
+only warns on an empty loader; a bad file would fail in a DataLoader worker without its path).
 """
 
 from __future__ import annotations
@@ -22,9 +24,19 @@ from typing import Any
 
 from monai.config import PathLike
 
+from usfm_monai.bundle import ensure_bool
+from usfm_monai.data.checks import find_unreadable_files
 from usfm_monai.io import read_json, save_json_atomic
 
-__all__ = ["TASK_REQUIRED_KEYS", "PATH_KEYS", "load_datalist", "resolve_datalist", "write_datalist"]
+__all__ = [
+    "TASK_REQUIRED_KEYS",
+    "PATH_KEYS",
+    "TASK_PATH_KEYS",
+    "check_class_labels",
+    "load_datalist",
+    "resolve_datalist",
+    "write_datalist",
+]
 
 #: The keys each task's items must carry.
 TASK_REQUIRED_KEYS = {
@@ -37,7 +49,21 @@ TASK_REQUIRED_KEYS = {
 #: Keys whose string values are file paths (relative to ``dataset_dir``).
 PATH_KEYS = ("image", "label", "target")
 
+#: The path keys of each task: a classification ``label`` is a class index, never a path.
+TASK_PATH_KEYS = {
+    "pretrain": PATH_KEYS,
+    "segmentation": PATH_KEYS,
+    "classification": ("image", "target"),
+    "enhancement": PATH_KEYS,
+}
+
 _MAX_LISTED = 5
+
+
+def _listed(problems: Sequence[str]) -> str:
+    """The first few problems, one a line, and how many more there are."""
+    more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+    return "\n  " + "\n  ".join(problems[:_MAX_LISTED]) + more
 
 
 def _resolve_value(value: Any, base_dir: str, where: str) -> Any:
@@ -58,6 +84,7 @@ def load_datalist(
     required_keys: Sequence[str] = ("image",),
     path_keys: Sequence[str] = PATH_KEYS,
     check_files: bool = True,
+    verify_files: bool = False,
 ) -> list[dict[str, Any]]:
     """Load one section of a decathlon-style datalist, resolve its paths and validate it.
 
@@ -69,6 +96,8 @@ def load_datalist(
         path_keys: keys whose string values are paths to resolve (and check); int/float values (class
             indices) are left alone. Other keys (``organ``, ``class_name``) are copied unchanged.
         check_files: check that every referenced file exists.
+        verify_files: also check that every referenced file is a readable 8-bit image (a header check with
+            :func:`usfm_monai.data.checks.verify_image_file`: empty, truncated, non-image and 16-bit files fail).
 
     Returns:
         list of dicts (new objects), with absolute normalized paths under ``path_keys``. Items given as bare
@@ -77,7 +106,9 @@ def load_datalist(
     Raises:
         FileNotFoundError: the datalist file does not exist, or referenced files are missing (the first few
             are listed, with the count).
-        ValueError: the file is not valid JSON, is not a JSON object, or the section is not a list.
+        ValueError: the file is not valid JSON, is not a JSON object, or the section is not a list; with
+            ``verify_files``, referenced files are not readable images (the first few are listed with their item
+            index, key and reason, and the count).
         KeyError: the section is absent (the available sections are listed) or an item lacks a required key
             (the item index and key are named).
         TypeError: an item is not a dict/string, or a path key holds something other than a path or number.
@@ -130,6 +161,13 @@ def load_datalist(
             f"{len(missing)} file(s) referenced by section {section!r} of {datalist_file} do not exist "
             f"(paths resolved against {base}); the first {min(len(missing), _MAX_LISTED)}:\n  {listed}"
         )
+    if verify_files:
+        problems = find_unreadable_files(out, path_keys, where=f"section {section!r} of {datalist_file}")
+        if problems:
+            raise ValueError(
+                f"{len(problems)} file(s) referenced by section {section!r} of {datalist_file} are not readable "
+                f"8-bit images:{_listed(problems)}\nFix or remove these items (check_files=False skips this check)."
+            )
     return out
 
 
@@ -146,6 +184,61 @@ def _find_datalist(datalist_file: PathLike, dataset_dir: str) -> str:
     raise FileNotFoundError(f"Datalist file {datalist_file!r} not found; looked for: {candidates}.")
 
 
+def check_class_labels(
+    items: Sequence[Mapping[str, Any]],
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    where: str = "datalist",
+) -> None:
+    """Check classification items: ``label`` an int class index in range, ``class_name`` on all items or none.
+
+    Args:
+        items: datalist items with a ``label`` key.
+        num_classes: labels must lie in ``[0, num_classes)``; default ``len(class_names)``.
+        class_names: when given, an item's ``class_name`` must equal ``class_names[label]``.
+        where: how to name the list in the messages, e.g. ``"section 'training' of /data/busi.json"``.
+
+    Raises:
+        ValueError: ``num_classes`` and ``class_names`` disagree, or items are invalid: a label that is not an
+            int (a string such as ``"benign"``, a float, a bool), out of range, a ``class_name`` present on some
+            items only (MONAI's collation would fail with a bare ``KeyError``), or one that contradicts
+            ``class_names``. The first few items are listed with their index, and the count.
+    """
+    if class_names is not None:
+        class_names = list(class_names)
+        if num_classes is not None and num_classes != len(class_names):
+            raise ValueError(f"num_classes={num_classes} but class_names has {len(class_names)}: {class_names}.")
+        num_classes = len(class_names)
+    problems = []
+    for index, item in enumerate(items):
+        label = item.get("label")
+        if isinstance(label, bool) or not isinstance(label, int):
+            hint = ""
+            if isinstance(label, str) and class_names is not None and label in class_names:
+                hint = f" (write {class_names.index(label)} for {label!r}, its index in class_names)"
+            problems.append(f"item {index}: label must be an int class index, got {label!r}{hint}")
+        elif num_classes is not None and not 0 <= label < num_classes:
+            problems.append(
+                f"item {index}: label {label} is out of range for num_classes={num_classes} (0..{num_classes - 1})"
+            )
+        elif class_names is not None and "class_name" in item and item["class_name"] != class_names[label]:
+            problems.append(
+                f"item {index}: class_name {item['class_name']!r} does not match label {label}, which is "
+                f"{class_names[label]!r} in class_names {class_names}"
+            )
+    with_name = [i for i, item in enumerate(items) if "class_name" in item]
+    if with_name and len(with_name) < len(items):
+        without = [i for i, item in enumerate(items) if "class_name" not in item]
+        problems.append(
+            f"{len(with_name)} item(s) have a 'class_name' and {len(without)} do not (e.g. item {without[0]}); "
+            "give it to every item or to none"
+        )
+    if problems:
+        raise ValueError(
+            f"{len(problems)} problem(s) with the classification labels of {where}:{_listed(problems)}"
+        )
+
+
 def resolve_datalist(
     dataset_dir: PathLike,
     datalist_file: PathLike | None = None,
@@ -154,6 +247,9 @@ def resolve_datalist(
     synthetic_dir: PathLike | None = None,
     required_keys: Sequence[str] | None = None,
     synthetic_kwargs: Mapping[str, Any] | None = None,
+    check_files: bool = True,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The validated items of one datalist section, from a real dataset or the synthetic default.
 
@@ -175,18 +271,26 @@ def resolve_datalist(
         required_keys: keys every item must have; default by ``task``.
         synthetic_kwargs: extra arguments of ``ensure_synthetic_dataset`` (``num_images``, ``image_size``,
             ``seed``, ...).
+        check_files: check at start-up that every listed file is a readable 8-bit image
+            (``load_datalist(verify_files=True)``, a header check); ``False`` skips it for very large sets (files
+            must still exist).
+        num_classes, class_names: classification only: the labels are checked against them
+            (:func:`check_class_labels`); ``label`` is a class index there, never a path.
 
     Returns:
         list of dicts with absolute paths, validated by :func:`load_datalist`.
 
     Raises:
-        ValueError: unknown ``task``, or ``synthetic_dir`` missing for the synthetic dataset.
+        ValueError: unknown ``task``, ``synthetic_dir`` missing for the synthetic dataset, an unreadable file
+            (``check_files``), or bad classification labels.
         FileNotFoundError: ``dataset_dir`` or the datalist does not exist, or referenced files are missing.
         KeyError, TypeError: see :func:`load_datalist`.
     """
     if task not in TASK_REQUIRED_KEYS:
         raise ValueError(f"task must be one of {tuple(TASK_REQUIRED_KEYS)}, got {task!r}.")
     keys = TASK_REQUIRED_KEYS[task] if required_keys is None else tuple(required_keys)
+    verify = ensure_bool("check_files", check_files)
+    options = dict(required_keys=keys, path_keys=TASK_PATH_KEYS[task], verify_files=verify)
     if os.fspath(dataset_dir) == "synthetic":
         if synthetic_dir is None:
             raise ValueError(
@@ -196,14 +300,19 @@ def resolve_datalist(
         from usfm_monai.data.synthetic import ensure_synthetic_dataset
 
         path = ensure_synthetic_dataset(os.fspath(synthetic_dir), task, **dict(synthetic_kwargs or {}))
-        return load_datalist(path, section, base_dir=os.path.dirname(path), required_keys=keys)
-    dataset_dir = os.path.abspath(os.fspath(dataset_dir))
-    if not os.path.isdir(dataset_dir):
-        raise FileNotFoundError(
-            f"dataset_dir {dataset_dir} is not a folder; pass a dataset folder or 'synthetic' for the built-in data."
-        )
-    path = _find_datalist(datalist_file if datalist_file is not None else "datalist.json", dataset_dir)
-    return load_datalist(path, section, base_dir=dataset_dir, required_keys=keys)
+        items = load_datalist(path, section, base_dir=os.path.dirname(path), **options)
+    else:
+        dataset_dir = os.path.abspath(os.fspath(dataset_dir))
+        if not os.path.isdir(dataset_dir):
+            raise FileNotFoundError(
+                f"dataset_dir {dataset_dir} is not a folder; pass a dataset folder or 'synthetic' for the built-in "
+                "data."
+            )
+        path = _find_datalist(datalist_file if datalist_file is not None else "datalist.json", dataset_dir)
+        items = load_datalist(path, section, base_dir=dataset_dir, **options)
+    if task == "classification" and "label" in keys:
+        check_class_labels(items, num_classes, class_names, where=f"section {section!r} of {path}")
+    return items
 
 
 def _relative(value: Any, base_dir: str) -> Any:

@@ -50,7 +50,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -456,10 +456,13 @@ def _render(
     tgc: np.ndarray,
     gain_db: float,
     geo: dict[str, Any],
-    quality: str,
+    quality: str | Mapping[str, float],
 ) -> np.ndarray:
-    """Speckle, noise, depth gain and log compression on the beam raster, then scan conversion; float [0, 1]."""
-    q = _QUALITY[quality]
+    """Speckle, noise, depth gain and log compression on the beam raster, then scan conversion; float [0, 1].
+
+    ``quality`` names a :data:`_QUALITY` entry or is such a settings dict itself.
+    """
+    q = _QUALITY[quality] if isinstance(quality, str) else quality
     h, w = e_db.shape
     sa, sl = _ORGAN_PHYSICS[organ]["psf"]
     tf = _psf_transfer((h, w), sa * h * q["psf_scale"], sl * w * q["psf_scale"])
@@ -573,25 +576,46 @@ def synthesize_pair(
     geometry: str = "linear",
     lesion: str | None = None,
     seed: int = 0,
+    low_settings: Mapping[str, float] | None = None,
+    shared_speckle: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A low/high-quality pair of the same anatomy, for image enhancement (paper §3.3, Fig. 5b).
 
     ``high`` is the clean image: three compounded speckle realizations, a small point-spread function, a
     48 dB window and little electronic noise. ``low`` has a single speckle realization, a 1.8x wider
     point-spread function (blur), a 30 dB window (lower dynamic range) and electronic noise 29 dB stronger.
+    By default its speckle and noise are drawn independently of ``high``'s, as in two acquisitions.
+
+    ``low_settings`` and ``shared_speckle`` isolate one degradation at a time, e.g.
+    ``low_settings={**_QUALITY["high"], "psf_scale": 1.8}, shared_speckle=True`` gives a pair that differs only
+    by the blur. With the defaults the pair is unchanged.
 
     Args:
         organ, image_size, geometry, lesion, seed: as :func:`synthesize_image`.
+        low_settings: overrides of the low-quality rendering settings (keys ``psf_scale``, ``looks``,
+            ``noise_db``, ``floor_db``, ``range_db``); ``None`` keeps them.
+        shared_speckle: render ``low`` from the same random draws as ``high`` (its first ``looks`` speckle and
+            noise realizations) instead of new ones.
 
     Returns:
         ``(low, high)``: two ``(H, W)`` uint8 images in ``[0, 255]`` with the same field of view.
 
     Raises:
-        ValueError: as :func:`synthesize_image`.
+        ValueError: as :func:`synthesize_image`, or an unknown ``low_settings`` key / ``looks`` below 1.
     """
+    low_q = dict(_QUALITY["low"])
+    for key, value in (low_settings or {}).items():
+        if key not in low_q:
+            raise ValueError(f"low_settings keys must be among {sorted(low_q)}, got {key!r}.")
+        low_q[key] = int(value) if key == "looks" else float(value)
+    if low_q["looks"] < 1:
+        raise ValueError(f"low_settings['looks'] must be >= 1, got {low_q['looks']!r}.")
     rng, geo, e, spec, attn, tgc, gain_db, _ = _scene(organ, image_size, geometry, lesion, seed)
+    state = rng.bit_generator.state if shared_speckle else None
     high = _render(rng, organ, e, spec, attn, tgc, gain_db, geo, "high")
-    low = _render(rng, organ, e, spec, attn, tgc, gain_db, geo, "low")
+    if state is not None:
+        rng.bit_generator.state = state
+    low = _render(rng, organ, e, spec, attn, tgc, gain_db, geo, low_q)
     return _to_uint8(low), _to_uint8(high)
 
 

@@ -10,11 +10,15 @@ networks, optimizers, scalers and image pools in ``engine.state_dict()``. The st
 - generators: ``L_G = L_GAN(G_AB, D_B) + L_GAN(G_BA, D_A) + λ_cyc (|G_BA(G_AB(a)) - a|_1 + |G_AB(G_BA(b)) - b|_1)
   + λ_cyc λ_id (|G_AB(b) - b|_1 + |G_BA(a) - a|_1)`` with the least-squares GAN loss
   ``L_GAN(G, D) = mean((D(G(x)) - 1)^2)``;
+- optional paired term (not in CycleGAN, for users whose low/high images are pairs): ``+ λ_paired
+  L_pair(G_AB(a), b)`` with ``L_pair`` an L1, an SSIM loss ``1 - SSIM`` or their sum (``paired_loss``);
+  ``lambda_paired = 0`` (the default) leaves the CycleGAN step unchanged;
 - discriminators: ``L_D = L_D_A + L_D_B``, ``L_D_X = 0.5 (mean((D_X(real_x) - 1)^2) + mean(D_X(pool_x(fake_x))^2))``
   where ``pool_x`` is an :class:`~usfm_monai.networks.cyclegan.ImagePool`.
 
 Domain A is the low-quality image (batch key ``image``), domain B the high-quality one (batch key ``target``).
-The losses only use the cycle, so the pairing is not needed for training; it is kept for validation metrics.
+Without the paired term the losses only use the cycle, so the pairing is not needed for training; it is kept for
+validation metrics.
 For validation, the low-to-high generator is a plain ``forward(x) -> y`` network: use it as the ``network`` of a
 :class:`~monai.engines.SupervisedEvaluator` with ``SimpleInferer`` and :class:`PrepareBatchImageTarget`.
 """
@@ -60,6 +64,7 @@ class CycleGANKeys(StrEnum):
     LOSS_CYCLE_B = "loss_cycle_b"  # λ_cyc |rec_b - real_b|_1
     LOSS_IDENTITY_A = "loss_identity_a"  # λ_cyc λ_id |gen_b2a(real_a) - real_a|_1
     LOSS_IDENTITY_B = "loss_identity_b"  # λ_cyc λ_id |gen_a2b(real_b) - real_b|_1
+    LOSS_PAIRED = "loss_paired"  # λ_paired L_pair(gen_a2b(real_a), real_b); 0 when lambda_paired is 0
     LOSS_D = "loss_d"  # loss_d_a + loss_d_b
     LOSS_D_A = "loss_d_a"
     LOSS_D_B = "loss_d_b"
@@ -134,6 +139,41 @@ def cyclegan_lr_lambda(n_epochs_constant: int, n_epochs_decay: int) -> Callable[
     return lr_lambda
 
 
+PAIRED_LOSSES = ("l1", "ssim", "l1+ssim")
+
+
+def _ssim_loss(pred: torch.Tensor, target: torch.Tensor, win_size: int = 7) -> torch.Tensor:
+    """``1 - SSIM`` with a uniform ``win_size`` window, data range 1, K1 = 0.01, K2 = 0.03 over the valid windows.
+
+    The window and constants of :func:`usfm_monai.metrics.compute_ssim` (scikit-image), differentiable, on
+    ``(B, C, H, W)`` tensors; the mean is over images, channels and windows.
+    """
+    c1, c2 = 0.01**2, 0.03**2
+    n = win_size * win_size
+
+    def pool(t: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(t, win_size, stride=1)
+
+    mu_p, mu_t = pool(pred), pool(target)
+    # sample (co)variances, as scikit-image's use_sample_covariance=True
+    cov = n / (n - 1)
+    var_p = cov * (pool(pred * pred) - mu_p * mu_p)
+    var_t = cov * (pool(target * target) - mu_t * mu_t)
+    cov_pt = cov * (pool(pred * target) - mu_p * mu_t)
+    ssim = ((2 * mu_p * mu_t + c1) * (2 * cov_pt + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
+    return 1.0 - ssim.mean()
+
+
+def _paired_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    pred, target = pred.float(), target.float()
+    loss = torch.zeros((), device=pred.device)
+    if "l1" in kind.split("+"):
+        loss = loss + F.l1_loss(pred, target)
+    if "ssim" in kind.split("+"):
+        loss = loss + _ssim_loss(pred, target)
+    return loss
+
+
 def _set_requires_grad(networks: Sequence[nn.Module], flag: bool) -> None:
     # Only the discriminators are toggled, and they have no frozen parts, so no state needs remembering.
     for net in networks:
@@ -194,6 +234,10 @@ class CycleGANTrainer(Trainer):
             the identity forward passes.
         pool_size: size of each :class:`ImagePool` (50 in CycleGAN; 0 disables the pools).
         pool_seed: seed of ``pool_a``; ``pool_b`` uses ``pool_seed + 1``.
+        lambda_paired: weight of the paired term ``L_pair(gen_a2b(image), target)`` added to the generator loss;
+            0 (the default, CycleGAN) skips it. Only meaningful when ``image`` and ``target`` are pairs.
+        paired_loss: ``"l1"``, ``"ssim"`` (``1 - SSIM``, 7x7 uniform window as the SSIM metric) or
+            ``"l1+ssim"``.
         epoch_length: iterations per epoch, default ``len(train_data_loader)``.
         non_blocking: non-blocking host-to-device copies.
         prepare_batch: ``(batch, device, non_blocking, **kwargs) -> (image, target)``; default
@@ -204,18 +248,20 @@ class CycleGANTrainer(Trainer):
         additional_metrics: more ignite metrics.
         metric_cmp_fn: ``(current, best) -> bool``.
         train_handlers: handlers with an ``attach(engine)`` method.
-        amp: CUDA automatic mixed precision with one ``GradScaler`` per optimizer.
+        amp: CUDA automatic mixed precision with one ``GradScaler`` per optimizer (a disabled, pass-through one
+            when ``amp_kwargs["dtype"]`` is ``torch.bfloat16``: only float16 needs loss scaling).
         event_names: extra events to register.
         event_to_attr: event-to-state-attribute map for ``register_events``.
         decollate: decollate the batch and output after each iteration.
         optim_set_to_none: ``zero_grad(set_to_none=...)``.
         to_kwargs: extra ``Tensor.to`` kwargs for ``prepare_batch``.
-        amp_kwargs: kwargs of ``torch.autocast("cuda")``.
+        amp_kwargs: kwargs of ``torch.autocast("cuda")``, e.g. ``usfm_monai.engines.autocast_kwargs("bfloat16")``.
 
     Raises:
         TypeError: when a network is not an ``nn.Module`` or an optimizer not a ``torch.optim.Optimizer``.
-        ValueError: for a negative ``lambda_cycle``/``lambda_identity``, an invalid ``pool_size``, or a
-            ``gen_optimizer`` that holds frozen USFM-branch parameters.
+        ValueError: for a negative ``lambda_cycle``/``lambda_identity``/``lambda_paired``, an unknown
+            ``paired_loss``, an invalid ``pool_size``, or a ``gen_optimizer`` that holds frozen USFM-branch
+            parameters.
     """
 
     def __init__(
@@ -249,6 +295,8 @@ class CycleGANTrainer(Trainer):
         optim_set_to_none: bool = False,
         to_kwargs: dict | None = None,
         amp_kwargs: dict | None = None,
+        lambda_paired: float = 0.0,
+        paired_loss: str = "l1",
     ) -> None:
         for name, net in (("gen_a2b", gen_a2b), ("gen_b2a", gen_b2a), ("disc_a", disc_a), ("disc_b", disc_b)):
             if not isinstance(net, nn.Module):
@@ -256,9 +304,13 @@ class CycleGANTrainer(Trainer):
         for name, opt in (("gen_optimizer", gen_optimizer), ("disc_optimizer", disc_optimizer)):
             if not isinstance(opt, Optimizer):
                 raise TypeError(f"{name} must be a torch.optim.Optimizer, got {type(opt).__name__}.")
-        for name, value in (("lambda_cycle", lambda_cycle), ("lambda_identity", lambda_identity)):
-            if not isinstance(value, (int, float)) or value < 0:
+        for name, value in (
+            ("lambda_cycle", lambda_cycle), ("lambda_identity", lambda_identity), ("lambda_paired", lambda_paired)
+        ):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+        if paired_loss not in PAIRED_LOSSES:
+            raise ValueError(f"paired_loss must be one of {PAIRED_LOSSES}, got {paired_loss!r}.")
         frozen = {
             id(p) for g in (gen_a2b, gen_b2a) for m in g.modules() if isinstance(m, FrozenUSFMBranch)
             for p in m.parameters()
@@ -293,6 +345,8 @@ class CycleGANTrainer(Trainer):
 
         self.lambda_cycle = float(lambda_cycle)
         self.lambda_identity = float(lambda_identity)
+        self.lambda_paired = float(lambda_paired)
+        self.paired_loss = paired_loss
         self.optim_set_to_none = optim_set_to_none
 
         self.state.gen_a2b = gen_a2b
@@ -303,8 +357,10 @@ class CycleGANTrainer(Trainer):
         self.state.disc_optimizer = disc_optimizer
         self.state.pool_a = ImagePool(pool_size, seed=pool_seed)
         self.state.pool_b = ImagePool(pool_size, seed=pool_seed + 1)
-        self.state.gen_scaler = torch.amp.GradScaler("cuda") if self.amp else None
-        self.state.disc_scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        # loss scaling for float16 only (autocast's default dtype); bfloat16 keeps float32's range
+        scale = self.amp_kwargs.get("dtype", torch.float16) == torch.float16
+        self.state.gen_scaler = torch.amp.GradScaler("cuda", enabled=scale) if self.amp else None
+        self.state.disc_scaler = torch.amp.GradScaler("cuda", enabled=scale) if self.amp else None
         self._complete_state_dict_user_keys()
 
     def _complete_state_dict_user_keys(self) -> None:
@@ -393,9 +449,15 @@ class CycleGANTrainer(Trainer):
                 idt_b = lam_idt * F.l1_loss(s.gen_a2b(real_b).float(), real_b.float())
             else:
                 idt_a = idt_b = torch.zeros((), device=real_a.device)
+            if engine.lambda_paired > 0:
+                paired = engine.lambda_paired * _paired_loss(engine.paired_loss, fake_b, real_b)
+            else:
+                paired = torch.zeros((), device=real_a.device)
             engine.fire_event(AdversarialIterationEvents.RECONSTRUCTION_LOSS_COMPLETED)
 
             loss_g = gan_a2b + gan_b2a + cycle_a + cycle_b + idt_a + idt_b
+            if engine.lambda_paired > 0:
+                loss_g = loss_g + paired
             out.update(
                 {
                     CycleGANKeys.LOSS_GAN_A2B: gan_a2b.detach(),
@@ -404,6 +466,7 @@ class CycleGANTrainer(Trainer):
                     CycleGANKeys.LOSS_CYCLE_B: cycle_b.detach(),
                     CycleGANKeys.LOSS_IDENTITY_A: idt_a.detach(),
                     CycleGANKeys.LOSS_IDENTITY_B: idt_b.detach(),
+                    CycleGANKeys.LOSS_PAIRED: paired.detach(),
                     CycleGANKeys.LOSS_G: loss_g.detach(),
                     Keys.LOSS: loss_g.detach(),
                 }

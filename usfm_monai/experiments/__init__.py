@@ -8,7 +8,9 @@ from usfm_monai.experiments.grid import (
     subprocess_runner,
 )
 from usfm_monai.experiments.plots import (
+    ablation_figure,
     aggregate_results,
+    label_efficiency_figure,
     plot_ablation,
     plot_label_efficiency,
 )

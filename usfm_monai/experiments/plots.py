@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["aggregate_results", "plot_ablation", "plot_label_efficiency"]
+__all__ = ["ablation_figure", "aggregate_results", "label_efficiency_figure", "plot_ablation", "plot_label_efficiency"]
 
 
 def aggregate_results(rows: Sequence[Mapping[str, Any]], ddof: int = 1) -> list[dict[str, Any]]:

@@ -1,10 +1,14 @@
 """MONAI/Ignite handlers: atomic checkpoints and resume, NaN guard, progress, figures, encoder export."""
 
 from usfm_monai.handlers.checkpoint import (
+    BestMetricState,
     BestModelSaver,
+    GeneratorState,
+    TorchRNGState,
     TrainingCheckpoint,
     state_dicts,
 )
+from usfm_monai.handlers.checkpoint_loader import CheckpointLoader
 from usfm_monai.handlers.classification import (
     ClassificationPredictionSaver,
     ClassificationReport,
@@ -20,20 +24,26 @@ from usfm_monai.handlers.export import EncoderExport
 from usfm_monai.handlers.figures import ReconstructionFigures, masked_views
 from usfm_monai.handlers.metric_summary import MetricSummary
 from usfm_monai.handlers.nan_guard import NaNGuard
+from usfm_monai.handlers.probe import RepresentationProbe
 from usfm_monai.handlers.progress import ProgressBar, every_n_iterations
 from usfm_monai.handlers.segmentation import SegmentationOverlay, overlay_mask
 
 __all__ = [
     "ClassificationPredictionSaver",
     "ClassificationReport",
+    "BestMetricState",
     "BestModelSaver",
+    "CheckpointLoader",
     "EncoderExport",
+    "GeneratorState",
     "MetricSummary",
     "NaNGuard",
     "ProgressBar",
     "ReconstructionFigures",
+    "RepresentationProbe",
     "SegmentationOverlay",
     "SideBySideWriter",
+    "TorchRNGState",
     "TrainingCheckpoint",
     "confusion_matrix_figure",
     "every_n_iterations",

@@ -88,20 +88,23 @@ def side_by_side(
 def load_target_image(path: str) -> torch.Tensor:
     """Load a high-quality target the way the bundle loads its images: ``(1, X, Y)`` float32 in ``[0, 1]``.
 
-    MONAI ``LoadImage`` (PIL for PNG/JPG, so ``X`` is the width), ``EnsureGrayscale``, then ``/ 255``.
+    MONAI ``LoadImage`` (PIL for PNG/JPG, so ``X`` is the width), ``EnsureGrayscale``, then
+    ``ScaleIntensity8Bit`` (``/ 255``; other bit depths are rejected, as in the bundles).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        ValueError: the image is not 8-bit (values outside ``[0, 255]``).
     """
     from monai.transforms import LoadImage
 
     from usfm_monai.transforms.grayscale import EnsureGrayscale
+    from usfm_monai.transforms.intensity import ScaleIntensity8Bit
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"target image {path} does not exist.")
     img = LoadImage(image_only=True, ensure_channel_first=True)(path)
     img = EnsureGrayscale()(img)
-    return (torch.as_tensor(img).float() / 255.0).clamp(0.0, 1.0)
+    return torch.as_tensor(ScaleIntensity8Bit()(img)).float()
 
 
 def _filename(*tensors: Any) -> str | None:

@@ -100,5 +100,8 @@ class MetricSummary:
                 g: {name: _summary(v) for name, v in metrics.items()} for g, metrics in sorted(groups.items())
             }
         path = save_json_atomic(summary, os.path.join(self.output_dir, self.filename))
-        lines = [f"{k}: {v['mean']:.4f} ± {v['std']:.4f} (n={v['n']})" for k, v in summary["metrics"].items()]
+        lines = [
+            f"{k}: {v['mean']:.4f} ± {v['std']:.4f} (n={v['n']})" if v["n"] else f"{k}: n/a (undefined for all images)"
+            for k, v in summary["metrics"].items()
+        ]
         logger.info(f"metric summary written to {path}: " + "; ".join(lines))

@@ -167,7 +167,10 @@ class SegmentationOverlay:
         for item in self._items(engine):
             mask = torch.as_tensor(item[self.pred_key]).float() / self.mask_scale
             rgb = overlay_mask(item[self.image_key], mask, self.alpha, self.cmap, self.num_classes)
-            path = self.folder_layout.filename(subject=self._name(item))
+            image = item[self.image_key]
+            # the frame of a multi-frame input (SelectFrame's patch_index), named as SaveImaged names its mask
+            frame = image.meta.get("patch_index") if isinstance(image, MetaTensor) else None
+            path = self.folder_layout.filename(subject=self._name(item), idx=frame)
             writer = PILWriter(output_dtype=np.uint8, scale=None)
             # channel-first (3, d0, d1) like the masks SaveImaged writes; PILWriter applies the same axis order
             writer.set_data_array(rgb, channel_dim=0)

@@ -38,6 +38,9 @@ _NORM_LAYERS = {
 }
 
 
+_RESIDUAL_EPS = 1e-3  # input clamp of the residual output: logit(eps) = -6.9, sigmoid of it = eps
+
+
 def _make_norm(norm: str, channels: int) -> nn.Module:
     return _NORM_LAYERS[norm](channels)
 
@@ -186,6 +189,13 @@ class ResnetGenerator(nn.Module):
       with the CycleGAN encoder features (``ngf * 2**n_downsampling + D`` channels), and reduced back to
       ``ngf * 2**n_downsampling`` channels by a 1x1 conv + norm + ReLU. The residual trunk and the decoder are
       therefore exactly the plain CycleGAN's; ``usfm_encoder=None`` gives the plain CycleGAN generator.
+    - **Residual output** (``residual=True``, not in the reference): the network output ``z`` is added to the
+      input in logit space, ``y = sigmoid(logit(x) + 2 z)`` with ``x`` clamped to ``[eps, 1 - eps]``
+      (``eps = 1e-3``), and the last conv starts at zero, so the generator starts as the identity (up to the
+      clamp) and learns a correction. The output stays in ``(0, 1)`` with gradient everywhere, and black
+      (zero) input pixels, such as the background outside a sector scan, stay black unless the network learns
+      otherwise. ``z = 0`` gives ``y = x``, the plain output ``(tanh(z) + 1) / 2 = sigmoid(2 z)`` is the same
+      squashing without the input term.
     - **Optimizer.** The branch is frozen (``requires_grad=False``) and its weights are still part of
       ``state_dict()`` so a checkpoint is self-contained. Give the optimizer :meth:`trainable_parameters`, which
       leaves the branch out (``parameters()`` still lists it, as for any ``nn.Module``).
@@ -206,10 +216,15 @@ class ResnetGenerator(nn.Module):
         usfm_channels: channel count ``D`` of the branch features; ``None`` reads ``usfm_encoder.embed_dim``.
         usfm_input_size: size the image is resized to before the encoder (see
             :class:`FrozenUSFMBranch` ``input_size``).
+        residual: identity-initialised residual output (see above); needs ``in_channels == out_channels``.
+        output_levels: in eval mode, round the output to ``output_levels`` evenly spaced gray levels
+            (``round(y * (L - 1)) / (L - 1)``; 256 gives the 8-bit image that inference writes); ``None`` keeps
+            the float output. Training mode always returns the float output, so gradients are unchanged.
 
     Raises:
         ValueError: for a non-positive size argument, an unknown ``norm``, ``usfm_channels`` different from the
-            encoder's ``embed_dim``, or an encoder whose input channels differ from ``in_channels``.
+            encoder's ``embed_dim``, an encoder whose input channels differ from ``in_channels``, or
+            ``residual=True`` with ``in_channels != out_channels``, or ``output_levels`` below 2.
         TypeError: for an encoder without ``forward_features``/``embed_dim``.
     """
 
@@ -224,6 +239,8 @@ class ResnetGenerator(nn.Module):
         usfm_encoder: nn.Module | None = None,
         usfm_channels: int | None = None,
         usfm_input_size: int | Sequence[int] | None = None,
+        residual: bool = False,
+        output_levels: int | None = None,
     ) -> None:
         super().__init__()
         for name, value, minimum in (
@@ -237,6 +254,18 @@ class ResnetGenerator(nn.Module):
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
         if norm not in _NORM_LAYERS:
             raise ValueError(f"norm must be one of {sorted(_NORM_LAYERS)}, got {norm!r}.")
+        if not isinstance(residual, bool):
+            raise ValueError(f"residual must be a bool, got {residual!r}.")
+        if residual and in_channels != out_channels:
+            raise ValueError(
+                f"residual=True adds the input to the output, so in_channels ({in_channels}) must equal "
+                f"out_channels ({out_channels})."
+            )
+        if output_levels is not None and (not isinstance(output_levels, int) or isinstance(output_levels, bool)
+                                          or output_levels < 2):
+            raise ValueError(f"output_levels must be None or an int >= 2, got {output_levels!r}.")
+        self.residual = residual
+        self.output_levels = output_levels
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.n_downsampling = n_downsampling
@@ -301,6 +330,9 @@ class ResnetGenerator(nn.Module):
         for part in (self.encoder, self.fuse, self.blocks, self.decoder):
             if part is not None:
                 part.apply(normal_init)
+        if residual:  # zero correction at the start: the generator is the identity map
+            nn.init.zeros_(self.decoder[-1].weight)
+            nn.init.zeros_(self.decoder[-1].bias)
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the optimizer should update: everything except the frozen USFM branch."""
@@ -342,9 +374,18 @@ class ResnetGenerator(nn.Module):
             x: ``(B, C_in, H, W)`` float images in ``[0, 1]``.
 
         Returns:
-            ``(B, C_out, H, W)`` float images in ``[0, 1]`` (``(tanh + 1) / 2`` output).
+            ``(B, C_out, H, W)`` float images in ``[0, 1]`` (``(tanh + 1) / 2`` output, or
+            ``sigmoid(logit(x) + 2 z)`` with ``residual=True``), rounded to ``output_levels`` gray levels in eval
+            mode when that is set.
         """
-        return 0.5 * (torch.tanh(self.decoder(self.forward_features(x))) + 1.0)
+        z = self.decoder(self.forward_features(x))
+        if self.residual:
+            y = torch.sigmoid(torch.logit(x.to(z.dtype), eps=_RESIDUAL_EPS) + 2.0 * z)
+        else:
+            y = 0.5 * (torch.tanh(z) + 1.0)
+        if self.output_levels is not None and not self.training:
+            y = torch.round(y * (self.output_levels - 1)) / (self.output_levels - 1)
+        return y
 
 
 class PatchGANDiscriminator(PatchDiscriminator):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -31,6 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
+
+from usfm_monai.io import load_torch_file
 
 __all__ = [
     "WeightLoadReport",
@@ -551,6 +552,8 @@ def load_encoder_weights(
 
     Raises:
         FileNotFoundError: the file does not exist.
+        ValueError: the file is empty, not a torch file, or refused by ``weights_only=True`` (the file and the
+            cause are named, :func:`usfm_monai.io.load_torch_file`).
         ValueError: ``strict`` and keys are missing/unexpected (all listed), a shape cannot be matched, or the
             encoder cannot be located in the checkpoint.
         KeyError: ``prefix`` matches no key.
@@ -566,13 +569,7 @@ def load_encoder_weights(
                 f"encoder checkpoint file not found: {source!r}. Make one with the pretrain_usfm bundle "
                 "(models/usfm_encoder.pt) or from the authors' release with `usfm-monai convert_authors_weights`."
             )
-        try:
-            checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise ValueError(
-                f"{source}: cannot be loaded with weights_only=True, it holds objects other than tensors and plain "
-                f"containers ({err}). Re-save only its state dict (torch.save(ckpt['model'], path))."
-            ) from err
+        checkpoint = load_torch_file(source, "encoder weights")
     else:
         raise TypeError(
             f"path_or_state_dict must be a file path or a mapping, got {type(path_or_state_dict).__name__}."

@@ -11,14 +11,26 @@ from usfm_monai.transforms.frequency_mask import (
     RandFrequencyBandStopMaskd,
 )
 from usfm_monai.transforms.grayscale import EnsureGrayscale, EnsureGrayscaled
-from usfm_monai.transforms.segmentation import EnsureSpatialDims, EnsureSpatialDimsd
+from usfm_monai.transforms.intensity import ScaleIntensity8Bit, ScaleIntensity8Bitd
+from usfm_monai.transforms.segmentation import EnsureSameSpatialShaped, EnsureSpatialDims, EnsureSpatialDimsd
 from usfm_monai.transforms.spatial_mask import RandSpatialMeanMask, RandSpatialMeanMaskd
+from usfm_monai.transforms.ultrasound import (
+    CropUltrasoundRegion,
+    CropUltrasoundRegiond,
+    SelectFrame,
+    SelectFramed,
+)
 
 __all__ = [
+    "CropUltrasoundRegion",
+    "CropUltrasoundRegiond",
+    "SelectFrame",
+    "SelectFramed",
     "BatchedDualDomainMask",
     "DualMaskDraws",
     "EnsureGrayscale",
     "EnsureGrayscaled",
+    "EnsureSameSpatialShaped",
     "EnsureSpatialDims",
     "EnsureSpatialDimsd",
     "RandDualDomainMask",
@@ -27,4 +39,6 @@ __all__ = [
     "RandFrequencyBandStopMaskd",
     "RandSpatialMeanMask",
     "RandSpatialMeanMaskd",
+    "ScaleIntensity8Bit",
+    "ScaleIntensity8Bitd",
 ]

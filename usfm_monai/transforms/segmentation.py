@@ -13,11 +13,12 @@ from collections.abc import Hashable, Mapping
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data.meta_obj import get_track_meta
+from monai.data.meta_tensor import MetaTensor
 from monai.transforms import MapTransform, SqueezeDim, Transform
 from monai.utils import TransformBackends
 from monai.utils.type_conversion import convert_to_tensor
 
-__all__ = ["EnsureSpatialDims", "EnsureSpatialDimsd"]
+__all__ = ["EnsureSameSpatialShaped", "EnsureSpatialDims", "EnsureSpatialDimsd"]
 
 
 class EnsureSpatialDims(Transform):
@@ -87,3 +88,44 @@ class EnsureSpatialDimsd(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
         return d
+
+
+def _name(data: Mapping[Hashable, NdarrayOrTensor], key: Hashable) -> str:
+    """``'<key>' <file>`` for error messages: the file an image was loaded from, if its metadata says."""
+    value = data[key]
+    filename = value.meta.get("filename_or_obj") if isinstance(value, MetaTensor) else None
+    return f"{key!r} {filename}" if filename else f"{key!r}"
+
+
+class EnsureSameSpatialShaped(MapTransform):
+    """Check that the images under ``keys`` have the same spatial shape; return the data unchanged.
+
+    A mask of another size than its image would otherwise be resized to the network size with the image by
+    ``Resized`` and train silently on a misaligned label; the mask-folder preparer rejects such pairs, and this
+    check does the same at load time for any datalist. There is no array version: the check compares keys.
+
+    Args:
+        keys: the keys to compare (e.g. ``["image", "label"]``), channel-first ``(C, spatial_dim_1, ...)``.
+        allow_missing_keys: compare only the keys present (e.g. ``label`` at inference).
+
+    Raises:
+        ValueError: at call time, spatial shapes differ; the message names both keys, their files and shapes.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> Mapping[Hashable, NdarrayOrTensor]:
+        first = None
+        for key in self.key_iterator(data):
+            shape = tuple(data[key].shape[1:])  # spatial shape: the channel count may differ (RGB image, gray mask)
+            if first is None:
+                first = (key, shape)
+            elif shape != first[1]:
+                raise ValueError(
+                    f"{_name(data, first[0])} has spatial size {first[1]} but {_name(data, key)} has {shape}; "
+                    "they must match pixel for pixel (a mask is never resized to fit its image)."
+                )
+        return data

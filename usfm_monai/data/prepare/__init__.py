@@ -8,6 +8,7 @@ from usfm_monai.data.prepare.folders import (
     prepare_class_folders,
     prepare_image_mask_folders,
 )
+from usfm_monai.data.prepare.frames import prepare_frames
 from usfm_monai.data.prepare.organ_folder import (
     prepare_busi_pretrain,
     prepare_organ_folder,
@@ -20,6 +21,7 @@ __all__ = [
     "prepare_busi_pretrain",
     "prepare_busi_segmentation",
     "prepare_class_folders",
+    "prepare_frames",
     "prepare_image_mask_folders",
     "prepare_organ_folder",
     "prepare_tn3k",

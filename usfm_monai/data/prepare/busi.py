@@ -52,10 +52,12 @@ from usfm_monai.data.prepare.common import (
     pixel_hash,
     read_gray,
     read_mask,
+    read_split_file,
     relative_paths,
     split_counts,
     split_description,
     split_records,
+    split_records_official,
     write_mask,
 )
 
@@ -131,6 +133,24 @@ def _read_images(records: list[dict], report: PreparationReport) -> list[dict]:
     return readable
 
 
+def _split(records, ratios, seed, drop_conflicts, split_file, busi_dir, report):
+    """Split with :func:`split_records`, or keep the official split listed in ``split_file`` (see its docs)."""
+    if not split_file:
+        return (*split_records(records, ratios, seed, drop_conflicts=drop_conflicts), None)
+    official = read_split_file(os.path.abspath(split_file), busi_dir)
+    listed = []
+    for rec in records:
+        section = official.get(os.path.normpath(rec["path"]))
+        if section is None:
+            report.skip(rec["path"], f"not listed in the split file {split_file}")
+        else:
+            listed.append(dict(rec, official_split=section))
+    sections, duplicates, conflicts, info = split_records_official(listed, ratios, seed, drop_conflicts=drop_conflicts)
+    info = dict(info, source=f"split file {os.path.basename(split_file)}",
+                cross_split_duplicates=relative_paths(info["cross_split_duplicates"], busi_dir))
+    return sections, duplicates, conflicts, info
+
+
 def _print_summary(title: str, output: str, sections, duplicates, conflicts, report) -> None:
     counts = split_counts(sections)
     print(f"{title}: wrote {output}")
@@ -147,6 +167,7 @@ def prepare_busi_classification(
     output: str,
     seed: int = 0,
     ratios: Sequence[float] = (0.7, 0.1, 0.2),
+    split_file: str | None = None,
 ) -> str:
     """Write the BUSI 3-class classification datalist (benign=0, malignant=1, normal=2).
 
@@ -158,7 +179,12 @@ def prepare_busi_classification(
         busi_dir: the ``Dataset_BUSI_with_GT`` folder (the ``dataset_dir`` the paths are relative to).
         output: the datalist JSON to write.
         seed: split seed, recorded in the metadata.
-        ratios: training/validation/test fractions, summing to 1.
+        ratios: training/validation/test fractions, summing to 1 (the default 7:1:2 with seed 0 is the preset
+            comparable with published BUSI results that use a 7:1:2 random split).
+        split_file: an official or published split to keep instead (CSV with path and split columns, or JSON;
+            paths relative to ``busi_dir``; unlisted images are skipped). Validation, when the listing has none,
+            is drawn from its training part only (``ratios[1] / (ratios[0] + ratios[1])`` of it, stratified by
+            class, seeded); recorded in ``metadata.official_split``.
 
     Returns:
         the absolute path of the written datalist.
@@ -172,7 +198,7 @@ def prepare_busi_classification(
     report = PreparationReport()
     scanned = scan_busi(busi_dir, report)
     records = _read_images(scanned, report)
-    sections, duplicates, conflicts = split_records(records, ratios, seed, drop_conflicts=True)
+    sections, duplicates, conflicts, split_info = _split(records, ratios, seed, True, split_file, busi_dir, report)
     lists = {
         name: [
             {"image": r["path"], "label": BUSI_CLASSES.index(r["class_name"]), "class_name": r["class_name"]}
@@ -188,6 +214,7 @@ def prepare_busi_classification(
         seed=int(seed),
         ratios=list(ratios),
         split=split_description("class"),
+        **({"official_split": split_info} if split_info else {}),
         class_names=list(BUSI_CLASSES),
         num_images_found=len(scanned),
         sizes={name: len(v) for name, v in lists.items()},
@@ -209,6 +236,7 @@ def prepare_busi_segmentation(
     seed: int = 0,
     ratios: Sequence[float] = (0.7, 0.1, 0.2),
     mask_dir: str | None = None,
+    split_file: str | None = None,
 ) -> str:
     """Write BUSI's lesion masks (union of each image's mask files) and the segmentation datalist.
 
@@ -222,7 +250,12 @@ def prepare_busi_segmentation(
         output: the datalist JSON to write.
         include_normal: also include ``normal`` images (empty masks).
         seed: split seed, recorded in the metadata.
-        ratios: training/validation/test fractions, summing to 1.
+        ratios: training/validation/test fractions, summing to 1 (the default 7:1:2 with seed 0 is the preset
+            comparable with published BUSI results that use a 7:1:2 random split).
+        split_file: an official or published split to keep instead (CSV with path and split columns, or JSON;
+            paths relative to ``busi_dir``; unlisted images are skipped). Validation, when the listing has none,
+            is drawn from its training part only (``ratios[1] / (ratios[0] + ratios[1])`` of it, stratified by
+            class, seeded); recorded in ``metadata.official_split``.
         mask_dir: where to write the union masks; default ``<folder of output>/busi_masks``. Use
             ``<busi_dir>/busi_masks`` to keep the datalist portable (paths stay inside ``dataset_dir``).
 
@@ -265,7 +298,7 @@ def prepare_busi_segmentation(
         label = os.path.join(mask_dir, rec["class_name"], rec["stem"] + ".png")
         write_mask(label, union)
         kept.append(dict(rec, label=label))
-    sections, duplicates, conflicts = split_records(kept, ratios, seed, drop_conflicts=False)
+    sections, duplicates, conflicts, split_info = _split(kept, ratios, seed, False, split_file, busi_dir, report)
     lists = {
         name: [{"image": r["path"], "label": r["label"], "class_name": r["class_name"]} for r in recs]
         for name, recs in sections.items()
@@ -279,6 +312,7 @@ def prepare_busi_segmentation(
         seed=int(seed),
         ratios=list(ratios),
         split=split_description("class"),
+        **({"official_split": split_info} if split_info else {}),
         classes=classes,
         labels={"0": "background", "255": "lesion (union of all mask files of the image)"},
         mask_dir=os.path.relpath(mask_dir, busi_dir).replace(os.sep, "/"),

@@ -35,9 +35,13 @@ __all__ = [
     "split_description",
     "split_counts",
     "relative_paths",
+    "canonical_split",
+    "find_split_folders",
+    "read_split_file",
+    "split_records_official",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".nii", ".nii.gz")
 SPLIT_NAMES = ("training", "validation", "test")
 
 
@@ -85,16 +89,48 @@ def read_gray(path: str) -> np.ndarray:
     exactly the channel when the three channels are identical, so a gray picture stored as RGB decodes to the
     same array as the same picture stored as gray.
 
+    Single-frame DICOM (grey or RGB, 8-bit; :func:`usfm_monai.data.dicom.read_dicom_frames`) and 2-D NIfTI
+    (stored ``(W, H)``, 8-bit values) are read too; the datalist then references the file itself. A multi-frame
+    DICOM file is refused: extract its frames with ``usfm-monai prepare_frames``.
+
     Returns:
         ``(H, W)`` uint8 array in ``[0, 255]``.
 
     Raises:
         ValueError: the file cannot be decoded (message names the file).
     """
+    lower = str(path).lower()
+    if lower.endswith((".dcm", ".dicom")):
+        from usfm_monai.data.dicom import read_dicom_frames
+
+        frames = read_dicom_frames(path)
+        if frames.shape[0] != 1:
+            raise ValueError(
+                f"Cannot read image {path}: multi-frame DICOM ({frames.shape[0]} frames); extract the frames with "
+                "`usfm-monai prepare_frames`."
+            )
+        return frames[0]
+    if lower.endswith((".nii", ".nii.gz")):
+        return _read_nifti_2d(path)
     img = _open(path)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         raise ValueError(f"Cannot read image {path}: 16/32-bit integer images ({img.mode}) are not supported.")
     return np.asarray(img.convert("L"))
+
+
+def _read_nifti_2d(path: str) -> np.ndarray:
+    import nibabel as nib
+
+    try:
+        arr = np.asarray(nib.load(path).dataobj)
+    except Exception as e:  # nibabel raises ImageFileError, OSError, EOFError, zlib.error ...
+        raise ValueError(f"Cannot read image {path}: {type(e).__name__}: {e}") from e
+    arr = arr.reshape(arr.shape[:2] + tuple(s for s in arr.shape[2:] if s != 1))
+    if arr.ndim != 2:
+        raise ValueError(f"Cannot read image {path}: expected a 2-D NIfTI image, got shape {arr.shape}.")
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise ValueError(f"Cannot read image {path}: values span [{arr.min()}, {arr.max()}], expected 8-bit [0, 255].")
+    return np.ascontiguousarray(arr.T).astype(np.uint8)  # stored (W, H) -> (H, W)
 
 
 def read_mask(path: str, threshold: int = 0) -> np.ndarray:
@@ -142,7 +178,7 @@ def list_images(folder: str, recursive: bool = True) -> list[str]:
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(os.path.join(root, name))
         if not recursive:
             break
@@ -288,3 +324,178 @@ def relative_paths(groups: Sequence[Sequence], base_dir: str) -> list:
         return os.path.relpath(x, base_dir).replace(os.sep, "/")
 
     return [[rel(x) for x in g] for g in groups]
+
+
+#: folder or listing names of an official split, and the datalist section each one maps to
+SPLIT_ALIASES = {
+    "train": "training", "training": "training",
+    "val": "validation", "valid": "validation", "validation": "validation",
+    "test": "test", "testing": "test",
+}
+
+
+def canonical_split(name: str) -> str | None:
+    """The datalist section of an official split name (``train`` → ``training``, ``val`` → ``validation``,
+    ``testing`` → ``test``; any case), or ``None``."""
+    return SPLIT_ALIASES.get(str(name).strip().lower())
+
+
+def find_split_folders(root: str) -> dict[str, str]:
+    """``{section: folder}`` when ``root``'s subfolders are an official split (``root/train``, ``root/test`` ...).
+
+    Returns ``{}`` when no subfolder has a split name.
+
+    Raises:
+        ValueError: split folders sit next to other folders (ambiguous), or two folders map to one section.
+    """
+    if not os.path.isdir(root):
+        return {}
+    subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    named = {d: canonical_split(d) for d in subdirs}
+    splits = [d for d in subdirs if named[d]]
+    if not splits:
+        return {}
+    others = [d for d in subdirs if not named[d]]
+    if others:
+        raise ValueError(
+            f"{root} mixes split folders {splits} with other folders {others}: expected either <root>/<split>/... "
+            "or no split folders."
+        )
+    out: dict[str, str] = {}
+    for d in splits:
+        if named[d] in out:
+            raise ValueError(f"{root}: folders {os.path.basename(out[named[d]])!r} and {d!r} are both the {named[d]} split.")
+        out[named[d]] = os.path.join(root, d)
+    return out
+
+
+def read_split_file(path: str, base_dir: str) -> dict[str, str]:
+    """Read an official split listing: ``{absolute image path: section}``.
+
+    Formats:
+        - CSV with a header holding a path column (``image``, ``path``, ``file`` or ``filename``) and a
+          ``split`` (or ``set``/``subset``) column;
+        - JSON ``{"train": [paths or {"image": path}], "test": [...]}`` (decathlon-like) or ``{path: split}``.
+
+    Paths are relative to ``base_dir`` (or absolute); split names go through :func:`canonical_split`.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unknown format, missing columns, or an unknown split name (message names the file and row).
+    """
+    import csv
+    import json
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"split file {path} does not exist.")
+    pairs: list[tuple[str, str]] = []
+    if path.lower().endswith(".json"):
+        with open(path) as f:
+            data = json.load(f)
+        if not isinstance(data, dict):
+            raise ValueError(f"split file {path}: expected a JSON object, got {type(data).__name__}.")
+        for key, value in data.items():
+            if key == "metadata":
+                continue
+            if isinstance(value, list):
+                pairs += [(v["image"] if isinstance(v, dict) else v, key) for v in value]
+            elif isinstance(value, str):
+                pairs.append((key, value))
+            else:
+                raise ValueError(f"split file {path}: entry {key!r} must be a list of paths or a split name.")
+    elif path.lower().endswith((".csv", ".tsv")):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t" if path.lower().endswith(".tsv") else ","))
+        fields = {k.strip().lower(): k for k in (rows[0].keys() if rows else [])}
+        pcol = next((fields[c] for c in ("image", "path", "file", "filename") if c in fields), None)
+        scol = next((fields[c] for c in ("split", "set", "subset") if c in fields), None)
+        if pcol is None or scol is None:
+            raise ValueError(
+                f"split file {path}: expected a header with a path column (image/path/file/filename) and a split "
+                f"column (split/set/subset), found {sorted(fields)}."
+            )
+        pairs = [(row[pcol], row[scol]) for row in rows]
+    else:
+        raise ValueError(f"split file {path}: expected a .csv, .tsv or .json file.")
+    out: dict[str, str] = {}
+    for rel, name in pairs:
+        section = canonical_split(name)
+        if section is None:
+            raise ValueError(f"split file {path}: {rel!r} has split {name!r}, expected one of {sorted(SPLIT_ALIASES)}.")
+        full = os.path.normpath(rel if os.path.isabs(rel) else os.path.join(base_dir, rel))
+        if out.get(full, section) != section:
+            raise ValueError(f"split file {path}: {rel!r} is listed in both {out[full]} and {section}.")
+        out[full] = section
+    return out
+
+
+def split_records_official(
+    records: Sequence[dict],
+    ratios: Sequence[float],
+    seed: int = 0,
+    stratum_key: str = "class_name",
+    group_key: str = "hash",
+    drop_conflicts: bool = False,
+    names: Sequence[str] = SPLIT_NAMES,
+    split_key: str = "official_split",
+) -> tuple[dict[str, list[dict]], list[list[str]], list[list[dict]], dict]:
+    """Keep a dataset's own split (``record[split_key]``); draw validation from its training part when absent.
+
+    The official sections are kept as they are. When the official split has no validation part (and ``names``
+    has one), validation is drawn from the official training records with :func:`split_records`: stratified by
+    ``stratum_key``, seeded, copies kept together, fraction ``ratios[validation] / (ratios[training] +
+    ratios[validation])`` of the training part. The test part is never touched.
+
+    Args:
+        records: dicts with ``"path"``, ``stratum_key``, ``group_key`` and ``split_key`` (a section name).
+        ratios: the preparer's ratios (only the training : validation proportion is used).
+        seed, stratum_key, group_key, drop_conflicts, names: as in :func:`split_records`.
+        split_key: key of each record's official section.
+
+    Returns:
+        ``(sections, duplicates, conflicts, info)`` as :func:`split_records`, plus ``info`` for the metadata:
+        ``{"official_sections", "validation", "cross_split_duplicates"}`` (copies found in two official sections).
+
+    Raises:
+        ValueError: a record's section is not one of ``names``.
+    """
+    ratios = check_ratios(ratios, names)
+    bad = sorted({str(r[split_key]) for r in records} - set(names))
+    if bad:
+        raise ValueError(f"official split sections {bad} are not among the datalist sections {list(names)}.")
+    parts = {name: [r for r in records if r[split_key] == name] for name in names}
+    sections: dict[str, list[dict]] = {}
+    duplicates: list[list[str]] = []
+    conflicts: list[list[dict]] = []
+    draw_val = "validation" in names and "training" in names and not parts["validation"]
+    for name in names:
+        if draw_val and name in ("training", "validation"):
+            continue
+        s, d, c = split_records(parts[name], (1.0,), seed, stratum_key, group_key, drop_conflicts, names=(name,))
+        sections[name] = s[name]
+        duplicates += d
+        conflicts += c
+    if draw_val:
+        t, v = ratios[list(names).index("training")], ratios[list(names).index("validation")]
+        frac = v / (t + v) if t + v > 0 else 0.0
+        s, d, c = split_records(parts["training"], (1.0 - frac, frac), seed, stratum_key, group_key,
+                                drop_conflicts, names=("training", "validation"))
+        sections.update(s)
+        duplicates += d
+        conflicts += c
+        validation = (f"drawn from the official training part: fraction {frac:.4g}, seed {seed}, "
+                      + split_description(stratum_key))
+    else:
+        validation = "official"
+    where: dict[str, set[str]] = {}
+    for r in records:
+        where.setdefault(r[group_key], set()).add(r[split_key])
+    cross = [sorted((r["path"] for r in records if r[group_key] == g), key=natural_key)
+             for g, secs in where.items() if len(secs) > 1]
+    info = {
+        "official_sections": {name: len(parts[name]) for name in names if parts[name]},
+        "validation": validation,
+        "cross_split_duplicates": sorted(cross, key=lambda g: natural_key(g[0])),
+    }
+    sections = {name: sections.get(name, []) for name in names}
+    return sections, duplicates, conflicts, info

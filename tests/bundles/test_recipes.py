@@ -1,0 +1,84 @@
+"""Fine-tuning vs from-scratch recipes of the downstream bundles: layer decay follows the weights, class balance."""
+
+import os
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from usfm_monai.data.synthetic import ensure_synthetic_dataset
+from usfm_monai.losses import balanced_class_weights
+from usfm_monai.networks.encoder import create_usfm_encoder
+from usfm_monai.networks.mim import export_encoder
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _configs(bundle, *names):
+    return [os.path.join(REPO, "bundles", bundle, "configs", n) for n in names]
+
+
+@pytest.fixture(scope="module")
+def encoder_file(tmp_path_factory):
+    """A tiny pretraining-layout encoder at 128 px, exported as the pretrain bundle does."""
+    path = tmp_path_factory.mktemp("encoder") / "usfm_encoder.pt"
+    torch.manual_seed(0)
+    return export_encoder(create_usfm_encoder("tiny", img_size=128, use_fc_norm=False), str(path))
+
+
+def _lr_scales(bundle, extra_files, tmp_path, **override):
+    parser = ConfigParser()
+    parser.read_config(_configs(bundle, "train.json", "quick.json", *extra_files))
+    parser.update({"bundle_root": str(tmp_path), "image_size": 128, **override})
+    lr = parser.get_parsed_content("learning_rate")
+    groups = parser.get_parsed_content("optimizer").param_groups
+    return sorted({round(g["lr"] / lr, 8) for g in groups})
+
+
+@pytest.mark.parametrize("bundle", ["cls_busi", "seg_tn3k"])
+def test_scratch_trains_every_layer_at_full_rate(bundle, tmp_path):
+    # the default (pretrained: null) and the explicit scratch baseline: one learning rate for every group
+    assert _lr_scales(bundle, [], tmp_path) == [1.0]
+    baseline = {"cls_busi": "baseline_vit_scratch.json", "seg_tn3k": "baseline_upernet.json"}[bundle]
+    assert _lr_scales(bundle, [baseline], tmp_path) == [1.0]
+
+
+@pytest.mark.parametrize("bundle", ["cls_busi", "seg_tn3k"])
+def test_fine_tuning_decays_learning_rate_with_depth(bundle, tmp_path, encoder_file):
+    scales = _lr_scales(bundle, [], tmp_path, pretrained=encoder_file, layer_decay_pretrained=0.65)
+    # 12 blocks + patch embedding + head: 14 distinct scales, the patch embedding at 0.65 ** 13
+    assert len(scales) == 14
+    assert scales[0] == pytest.approx(0.65**13, rel=1e-5) and scales[-1] == 1.0
+    # an explicit --layer_decay still wins over the automatic choice
+    assert _lr_scales(bundle, [], tmp_path, layer_decay=1.0, pretrained=encoder_file) == [1.0]
+
+
+def test_classification_loss_is_class_balanced(tmp_path):
+    synthetic = str(tmp_path / "synthetic")
+    ensure_synthetic_dataset(synthetic, "classification", num_images=30, image_size=64)
+    parser = ConfigParser()
+    parser.read_config(_configs("cls_busi", "train.json", "quick.json"))
+    parser.update({"bundle_root": str(tmp_path), "synthetic_dir": synthetic, "synthetic_num_images": 30,
+                   "synthetic_image_size": 64})
+    items = parser.get_parsed_content("train_datalist")
+    weight = parser.get_parsed_content("loss").weight
+    counts = torch.bincount(torch.tensor([it["label"] for it in items]), minlength=3).float()
+    assert torch.allclose(weight, len(items) / (3 * counts))  # sklearn's "balanced": N / (K n_c)
+    assert torch.allclose((weight * counts).sum(), torch.tensor(float(len(items))))
+
+    parser.update({"class_balanced": False})
+    assert parser.get_parsed_content("loss", lazy=False).weight is None
+    parser.update({"class_balanced": "false"})  # what `--class_balanced false` passes
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("loss", lazy=False)
+    chain = [err.value, err.value.__cause__, err.value.__context__]
+    assert any(isinstance(e, TypeError) and "class_balanced must be True or False" in str(e) for e in chain), chain
+
+
+def test_balanced_class_weights_errors():
+    assert balanced_class_weights([{"label": 0}] * 3 + [{"label": 1}], 2).tolist() == pytest.approx([2 / 3, 2.0])
+    assert balanced_class_weights([{"label": 0}], 1, enabled=False) is None
+    with pytest.raises(ValueError, match=r"classes \[2\] have no training item"):
+        balanced_class_weights([{"label": 0}, {"label": 1}], 3)
+    with pytest.raises(ValueError, match="item 1 has label='x'"):
+        balanced_class_weights([{"label": 0}, {"label": "x"}], 2)
