@@ -197,3 +197,23 @@ def test_representation_probe_handler_writes_curve(toy_splits, tmp_path):
     assert model.training  # the probe restores the train mode
     with pytest.raises(ValueError, match="interval"):
         RepresentationProbe(model, root, interval=0)
+
+
+def test_pretrain_bundle_wires_the_probe(tmp_path):
+    """Off by default; with a probe datalist the trainer gets a RepresentationProbe on the bundle's network."""
+    from monai.bundle import ConfigParser
+
+    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", "pretrain_usfm", "configs")
+    parser = ConfigParser()
+    parser.read_config([os.path.join(configs, "train.json"), os.path.join(configs, "quick.json")])
+    parser.update({"bundle_root": str(tmp_path)})
+    probes = [h for h in parser.get("train#handlers") if h["_target_"].endswith("RepresentationProbe")]
+    assert len(probes) == 1
+    index = parser.get("train#handlers").index(probes[0])
+    assert parser.get_parsed_content(f"train#handlers#{index}#_disabled_") is True  # off by default
+    parser.update({"probe_dataset_dir": str(tmp_path), "probe_datalist_file": "toy.json", "probe_interval": 5})
+    assert parser.get_parsed_content(f"train#handlers#{index}#_disabled_", lazy=False) is False
+    handler = parser.get_parsed_content(f"train#handlers#{index}")
+    assert isinstance(handler, RepresentationProbe)
+    assert handler.network is parser.get_parsed_content("network") and handler.interval == 5
+    assert handler.output_file == os.path.join(str(tmp_path), "eval", "probe.csv")
