@@ -84,11 +84,12 @@ def build_probe_encoder(
         FileNotFoundError: ``encoder`` is a path that does not exist.
     """
     config: Mapping[str, Any] = {}
+    saved: Any = None
     if encoder not in (None, "random"):
         path = os.fspath(encoder)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"encoder file not found: {path!r} (or pass 'random').")
-        saved = load_torch_file(path, "encoder weights")
+        saved = load_torch_file(path, "encoder weights")  # read once: its config builds the network, then loads
         config = saved.get("config", {}) if isinstance(saved, Mapping) else {}
     # architecture from the file's config when it has one (width, depth, heads ...); input size from the probe
     keep = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "in_chans", "init_values", "use_fc_norm")
@@ -96,8 +97,11 @@ def build_probe_encoder(
     kwargs.setdefault("use_fc_norm", False)
     torch.manual_seed(seed)
     model = create_usfm_encoder(size=size, img_size=img_size, drop_path_rate=0.0, **kwargs)
-    if encoder not in (None, "random"):
-        load_encoder_weights(model, os.fspath(encoder), strict=True)
+    if saved is not None:
+        try:
+            load_encoder_weights(model, saved, strict=True)
+        except (KeyError, TypeError, ValueError) as err:  # loaded from memory: put the file name back in
+            raise ValueError(f"{os.fspath(encoder)}: {err}") from err
     return model.eval().requires_grad_(False)
 
 
@@ -274,7 +278,12 @@ class ProbeFeatures:
             ``{"knn_acc", "knn_f1", "linear_acc", "linear_f1", "linear_val_f1", "linear_C", "prior_acc",
             "levels": [...], "per_level": {block: {...}}}``; blocks are 1-based (block 12 = the last of 12).
         """
-        feats = self.features(encoder, levels)
+        return self.score(self.features(encoder, levels), k=k, per_level=per_level)
+
+    def score(
+        self, feats: Mapping[str, Mapping[int, np.ndarray]], k: int = 10, per_level: bool = True
+    ) -> dict[str, Any]:
+        """:meth:`probe` on features already extracted by :meth:`features` (no second forward pass)."""
         y = self.labels
         used = sorted(feats["training"])
 
@@ -345,11 +354,10 @@ def probe_encoder(
     results: dict[str, dict[str, Any]] = {}
     panels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in names:
-        encoder = build_probe_encoder(name, size, image_size, seed)
-        results[name] = data.probe(encoder, k=k, per_level=per_level)
+        feats = data.features(build_probe_encoder(name, size, image_size, seed))
+        results[name] = data.score(feats, k=k, per_level=per_level)
         logger.info("probe %s: %s", name, {key: v for key, v in results[name].items() if key != "per_level"})
         if embedding is not None:
-            feats = data.features(encoder)
             title = "random encoder" if name == "random" else os.path.basename(os.path.dirname(os.path.dirname(
                 os.path.abspath(name)))) + "/" + os.path.basename(name)
             panels[title] = (data.stack(feats, "test", sorted(feats["test"])), data.labels["test"])
