@@ -62,12 +62,20 @@ class PlainMIM(nn.Module):
         return self.decoder(grid)  # B, 1, H, W
 
 
-def plain_dual_mask(image: np.ndarray, rng: np.random.RandomState, band_map: np.ndarray) -> np.ndarray:
-    """Dual-mask one ``(C, H, W)`` numpy image: numpy block grid, ``np.fft`` band stop, mean fill (eq. 8)."""
+def plain_dual_mask(
+    image: np.ndarray, rng: np.random.RandomState, band_map: np.ndarray, draws: tuple | None = None
+) -> np.ndarray:
+    """Dual-mask one ``(C, H, W)`` numpy image: numpy block grid, ``np.fft`` band stop, mean fill (eq. 8).
+
+    ``draws = (block_grid, band_ids)`` replaces the numpy draws (the test feeds ours, to compare the masking)."""
     _, h, w = image.shape
-    grid = rng.random_sample((-(-h // BLOCK), -(-w // BLOCK))) < RATIO
+    if draws is None:
+        grid = rng.random_sample((-(-h // BLOCK), -(-w // BLOCK))) < RATIO
+        band_ids = rng.choice(BANDS, MASKED_BANDS, replace=False)
+    else:
+        grid, band_ids = (np.asarray(d) for d in draws)
     pixel = np.kron(grid, np.ones((BLOCK, BLOCK), dtype=bool))[:h, :w]
-    stop = np.isin(band_map, rng.choice(BANDS, MASKED_BANDS, replace=False))
+    stop = np.isin(np.asarray(band_map), band_ids)
     spectrum = np.fft.fftshift(np.fft.fft2(image), axes=(-2, -1))
     spectrum[:, stop] = 0
     filtered = np.fft.ifft2(np.fft.ifftshift(spectrum, axes=(-2, -1))).real
@@ -107,7 +115,7 @@ def make_plain_step(size: str, image_size: int, seed: int = 0) -> Callable[[torc
     model = PlainMIM(spec["embed_dim"], spec["depth"], spec["num_heads"], image_size).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     rng = np.random.RandomState(seed)
-    band_map = frequency_band_map((image_size, image_size), BANDS, KEEP, "linear")
+    band_map = np.asarray(frequency_band_map((image_size, image_size), BANDS, KEEP, "linear"))
 
     def step(images: torch.Tensor) -> dict[str, float]:
         clock = _PhaseClock()

@@ -20,6 +20,9 @@ What it does, in order:
    answers: a PNG mask of the input image's size holding class indices for segmentation, one probability per class
    (summing to 1, named as in ``channel_def``) for classification; for segmentation the mask is also compared
    with the same network run eagerly on the same image in this process (the oracle for orientation and size);
+   the segmentation bundle is then sent the same image as an ultrasound DICOM file whose
+   sequence-of-ultrasound-regions header marks an inner region: the answer must be a mask of the DICOM's
+   Rows x Columns (the image's geometry), background outside the region, equal to the eager bundle's mask;
 5. prints the round-trip times and always stops the server (its whole process group).
 
 Usage::
@@ -335,7 +338,7 @@ def _multipart(fields: Dict[str, str], file_field: str, file_path: Path) -> Tupl
         body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
     body.write(
         f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{file_path.name}"\r\n'
-        "Content-Type: image/png\r\n\r\n".encode()
+        f"Content-Type: {'application/dicom' if file_path.suffix.lower() == '.dcm' else 'image/png'}\r\n\r\n".encode()
     )
     body.write(file_path.read_bytes())
     body.write(f"\r\n--{boundary}--\r\n".encode())
@@ -343,8 +346,12 @@ def _multipart(fields: Dict[str, str], file_field: str, file_path: Path) -> Tupl
 
 
 def infer(base_url: str, model: str, image: Path, output: str, timeout: float = 300.0) -> Tuple[bytes, float]:
-    """``POST /infer/<model>?output=<output>`` with ``file=@image``; returns the body and the round-trip seconds."""
-    data, content_type = _multipart({"params": json.dumps({"result_dtype": "uint8"})}, "file", image)
+    """``POST /infer/<model>?output=<output>`` with ``file=@image``; returns the body and the round-trip seconds.
+
+    The mask comes back as a uint8 PNG whatever the input's format (MONAI Label would otherwise write a DICOM
+    input's mask as a DICOM file)."""
+    params = {"result_dtype": "uint8", "result_extension": ".png"}
+    data, content_type = _multipart({"params": json.dumps(params)}, "file", image)
     request = urllib.request.Request(
         f"{base_url}/infer/{model}?output={output}", data=data, headers={"Content-Type": content_type}
     )
@@ -398,9 +405,41 @@ def eager_prediction(bundle_dir: Path, image: Path):
     return pred.T.astype(np.uint8)
 
 
-def check_segmentation(body: bytes, image: Path, labels: Dict[str, int], expected=None) -> str:
-    """Check a ``?output=image`` answer: a PNG of the input's size holding class indices, equal to ``expected``
-    (the eager bundle's ``(H, W)`` mask) on at least 99 % of the pixels.
+def image_size(image: Path) -> Tuple[int, int]:
+    """``(W, H)`` of a PNG/JPEG (PIL) or of a single-frame DICOM file (``Columns``, ``Rows``)."""
+    if image.suffix.lower() == ".dcm":
+        import pydicom
+
+        header = pydicom.dcmread(str(image), stop_before_pixels=True)
+        return int(header.Columns), int(header.Rows)
+    from PIL import Image
+
+    with Image.open(image) as im:
+        return im.size
+
+
+def write_region_dicom(image: Path, path: Path, margin: float = 0.1) -> Tuple[Path, Tuple[int, int, int, int]]:
+    """Write ``image`` (as grey) to ``path`` as an ultrasound DICOM file whose sequence-of-ultrasound-regions header
+    marks the image without a ``margin`` border; returns the path and the region ``(x0, y0, x1, y1)``."""
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from fixtures.dicom import write_us_dicom  # the tests' DICOM writer (pydicom)
+
+    with Image.open(image) as im:
+        pixels = np.asarray(im.convert("L"))
+    h, w = pixels.shape
+    region = (int(w * margin), int(h * margin), int(w * (1 - margin)) - 1, int(h * (1 - margin)) - 1)
+    return Path(write_us_dicom(str(path), pixels, region=region)), region
+
+
+def check_segmentation(
+    body: bytes, image: Path, labels: Dict[str, int], expected=None, region: Optional[Tuple[int, ...]] = None
+) -> str:
+    """Check a ``?output=image`` answer: a PNG of the input's size (DICOM: ``Columns`` x ``Rows``) holding class
+    indices, equal to ``expected`` (the eager bundle's ``(H, W)`` mask) on at least 99 % of the pixels; with
+    ``region`` = ``(x0, y0, x1, y1)`` (inclusive), background everywhere outside it.
 
     Raises:
         ValueError: naming what differs.
@@ -408,8 +447,7 @@ def check_segmentation(body: bytes, image: Path, labels: Dict[str, int], expecte
     import numpy as np
     from PIL import Image
 
-    with Image.open(image) as im:
-        in_size = im.size
+    in_size = image_size(image)
     mask_img = Image.open(io.BytesIO(body))
     if mask_img.format != "PNG":
         raise ValueError(f"segmentation answer is not a PNG (format {mask_img.format!r}, {len(body)} bytes).")
@@ -421,6 +459,14 @@ def check_segmentation(body: bytes, image: Path, labels: Dict[str, int], expecte
     if not values <= allowed:
         raise ValueError(f"segmentation mask holds values {sorted(values)}, expected class indices {sorted(allowed)}.")
     note = f"mask {mask_img.size} values {sorted(values)}"
+    if region is not None:
+        x0, y0, x1, y1 = region
+        outside = np.ones(mask.shape, dtype=bool)
+        outside[y0 : y1 + 1, x0 : x1 + 1] = False
+        if mask[outside].any():
+            raise ValueError(f"segmentation mask has {int((mask[outside] > 0).sum())} foreground pixels outside the "
+                             f"ultrasound region {region}.")  # fmt: skip
+        note += f", background outside the region {region}"
     if expected is not None:
         if expected.shape != mask.shape:
             raise ValueError(f"eager oracle mask {expected.shape} vs served mask {mask.shape} (H, W).")
@@ -517,6 +563,12 @@ def run_roundtrip(
             results[name] = {"bundle": bundle, "type": model_info.get("type"), "labels": labels, "seconds": times,
                              "check": note}  # fmt: skip
             log(f"/infer/{name}: OK ({note}); round trips " + ", ".join(f"{s:.2f} s" for s in times))
+            if not is_cls:  # the same image as an ultrasound DICOM file with a region header
+                dcm, region = write_region_dicom(image, work_dir / "image.dcm")
+                body, seconds = infer(base_url, name, dcm, output)
+                note = check_segmentation(body, dcm, labels, eager_prediction(app / "model" / name, dcm), region)
+                results[name]["dicom"] = {"seconds": seconds, "check": note}
+                log(f"/infer/{name} (DICOM, region header): OK ({note}); round trip {seconds:.2f} s")
         return {"info": {"name": info.get("name"), "version": info.get("version")}, "results": results}
     finally:
         if proc is not None:

@@ -30,11 +30,17 @@ def to_numpy(x) -> np.ndarray:
 
 def oracle_pixel_mask(grid: np.ndarray, h: int, w: int, b: int) -> np.ndarray:
     """Block grid -> pixel mask by explicit slicing (independent of the library's indexing)."""
+    grid = to_numpy(grid)
     mask = np.zeros((h, w), dtype=bool)
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
             mask[i * b : (i + 1) * b, j * b : (j + 1) * b] = grid[i, j]
     return mask
+
+
+def seeded_like_transform(seed: int) -> torch.Generator:
+    """The torch.Generator a masking transform seeded with ``set_random_state(seed)`` draws its first call from."""
+    return torch.Generator().manual_seed(int(np.random.RandomState(seed).randint(0, 2**63 - 1, dtype=np.int64)))
 
 
 def tol(dtype) -> dict:

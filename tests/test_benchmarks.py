@@ -55,13 +55,19 @@ def test_plain_numpy_mask_is_the_same_mask_as_ours():
     seed, shape = 3, (1, 64, 96)
     image = np.random.RandomState(0).rand(*shape).astype(np.float32)
     band_map = frequency_band_map(shape[1:], bench_plain_step.BANDS, bench_plain_step.KEEP, "linear")
-    plain = bench_plain_step.plain_dual_mask(image, np.random.RandomState(seed), band_map)
-    ours = RandDualDomainMask(
+    masker = RandDualDomainMask(
         block_size=bench_plain_step.BLOCK, mask_ratio=bench_plain_step.RATIO, num_bands=bench_plain_step.BANDS,
         num_masked_bands=bench_plain_step.MASKED_BANDS, keep_size=bench_plain_step.KEEP,
-    ).set_random_state(seed)(torch.from_numpy(image))
+    ).set_random_state(seed)
+    ours = masker(torch.from_numpy(image))
+    # the same draws through the plain numpy masking: the two implementations apply eq. 8 identically
+    draws = (masker.block_grid, masker.band_ids)
+    plain = bench_plain_step.plain_dual_mask(image, np.random.RandomState(seed), band_map, draws=draws)
     np.testing.assert_allclose(plain, ours.numpy(), atol=1e-5)
     assert not np.allclose(plain, image)  # something was masked
+    # and the plain step's own numpy draws mask about RATIO of the blocks
+    own = bench_plain_step.plain_dual_mask(image, np.random.RandomState(seed), band_map)
+    assert not np.allclose(own, image)
 
 
 def test_plain_ffl_equals_ours():

@@ -36,8 +36,45 @@ def test_is_main_process_without_distributed():
     assert is_main_process()
 
 
-def test_ensure_bool_explains_the_command_line_pitfall():
+def test_bundle_re_exports_the_library_helpers():
+    import usfm_monai.utils
+
+    # configs written before usfm_monai.utils keep working: the very same functions
+    assert is_main_process is usfm_monai.utils.is_main_process
     from usfm_monai.bundle import ensure_bool
+
+    assert ensure_bool is usfm_monai.utils.ensure_bool
+
+
+def test_library_modules_do_not_import_the_command_line_module():
+    """usfm_monai.bundle parses command lines; only it and the CLI may depend on it (usfm_monai.utils is the home)."""
+    import ast
+    import pathlib
+
+    package = pathlib.Path(__file__).resolve().parent.parent / "usfm_monai"
+    allowed = {package / "bundle.py", package / "cli.py"}
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level:  # relative import: resolve against the module's package
+                    parts = list(path.relative_to(package.parent).with_suffix("").parts)[: -node.level]
+                    module = ".".join(parts + ([module] if module else []))
+                names = [module] + [f"{module}.{a.name}" for a in node.names]
+            else:
+                continue
+            if any(n == "usfm_monai.bundle" or n.startswith("usfm_monai.bundle.") for n in names):
+                offenders.append(f"{path.relative_to(package.parent)}:{node.lineno}")
+    assert offenders == [], offenders
+
+
+def test_ensure_bool_explains_the_command_line_pitfall():
+    from usfm_monai.utils import ensure_bool
     from usfm_monai.data.sampling import create_sampler
     from usfm_monai.losses import USFMReconstructionLoss
 

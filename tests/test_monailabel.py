@@ -76,6 +76,22 @@ def test_check_segmentation_rejects_non_png(input_png, tmp_path):
         ml.check_segmentation(buf.getvalue(), input_png, {"lesion": 1})
 
 
+def test_check_segmentation_of_a_region_dicom(input_png, tmp_path):
+    pytest.importorskip("pydicom")
+    big = tmp_path / "big.png"
+    Image.fromarray(np.full((20, 30), 128, dtype=np.uint8)).save(big)
+    dcm, region = ml.write_region_dicom(big, tmp_path / "image.dcm")
+    assert ml.image_size(dcm) == (30, 20) and region == (3, 2, 26, 17)  # (x0, y0, x1, y1), 10 % margins
+    mask = np.zeros((20, 30), dtype=np.uint8)
+    mask[5:10, 5:20] = 1
+    assert "background outside the region" in ml.check_segmentation(_png_bytes(mask), dcm, {"lesion": 1}, None, region)
+    mask[0, 29] = 1  # one foreground pixel in the border the region header excludes
+    with pytest.raises(ValueError, match=r"1 foreground pixels outside the ultrasound region"):
+        ml.check_segmentation(_png_bytes(mask), dcm, {"lesion": 1}, None, region)
+    with pytest.raises(ValueError, match=r"input image is \(30, 20\)"):
+        ml.check_segmentation(_png_bytes(mask.T.copy()), dcm, {"lesion": 1})
+
+
 LABELS = {"benign": 0, "malignant": 1, "normal": 2}
 
 

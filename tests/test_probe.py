@@ -11,7 +11,9 @@ import torch
 from ignite.engine import Engine
 from PIL import Image
 
+from usfm_monai.handlers.linear_probe_head import LinearProbeHeadInit
 from usfm_monai.handlers.probe import RepresentationProbe
+from usfm_monai.networks import USFMClassifier
 from usfm_monai.networks.encoder import create_usfm_encoder
 from usfm_monai.networks.mim import USFMMaskedImageModel, export_encoder
 from usfm_monai.probe import (
@@ -19,6 +21,7 @@ from usfm_monai.probe import (
     build_probe_encoder,
     default_probe_levels,
     embedding_figure,
+    fit_linear_probe,
     knn_probe,
     linear_probe,
     load_probe_images,
@@ -138,6 +141,62 @@ def test_linear_probe_picks_c_on_validation_only():
     assert flipped["C"] == result["C"] and flipped["acc"] == pytest.approx(1 - result["acc"])
     with pytest.raises(ValueError, match="validation"):
         linear_probe(x[:40], y[:40], x[:0], y[:0], x[50:], y[50:])
+
+
+@pytest.mark.parametrize("labels", [(0, 1, 2), (0, 1), (0, 2)])
+def test_linear_layer_reproduces_the_regression(labels):
+    # oracle: sklearn's own probabilities on standardized features; the layer works on raw features
+    rng = np.random.default_rng(0)
+    y = np.array(labels * 20)
+    x = rng.normal(size=(len(y), 6)) * 3 + 5 + np.eye(6)[y] * 2
+    fit = fit_linear_probe(x, y, x[:12], y[:12], c_grid=(1.0,))
+    weight, bias = fit.linear_layer(3)
+    present = list(fit.classifier.classes_)
+    # an absent class only renormalizes: among the trained classes the probabilities are the regression's
+    probs = torch.softmax(torch.as_tensor(x @ weight[present].T + bias[present]), dim=1).numpy()
+    expected = fit.classifier.predict_proba((x - fit.mean) / fit.std)
+    np.testing.assert_allclose(probs, expected, atol=1e-8)
+    assert (np.array(present)[probs.argmax(1)] == fit.predict(x)).all()
+    for absent in set(range(3)) - set(labels):
+        assert not weight[absent].any() and bias[absent] == bias[present].min()
+    with pytest.raises(ValueError, match="two classes"):
+        fit_linear_probe(x, np.zeros_like(y), x[:12], y[:12])
+
+
+def test_linear_probe_head_init_sets_the_head_once(toy_splits):
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityRanged
+
+    torch.manual_seed(0)
+    net = USFMClassifier(num_classes=2, size="tiny", img_size=SIZE, drop_path_rate=0.0, encoder_kwargs=SMALL)
+    transform = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image"),
+                         ScaleIntensityRanged("image", 0, 255, 0, 1)])  # fmt: skip
+    handler = LinearProbeHeadInit(net, toy_splits["training"], toy_splits["validation"], transform, batch_size=7)
+    initial = net.head.weight.detach().clone()
+    engine = Engine(lambda e, b: None)
+    handler.attach(engine)
+    engine.run([0], max_epochs=1)
+    assert set(engine.state.linear_probe) == {"C", "val_f1"}
+    assert not torch.equal(net.head.weight, initial)
+    # the head now predicts what the regression fitted on the same frozen features predicts
+    feats, labels = handler._features(toy_splits["training"])
+    fit = fit_linear_probe(feats, labels, *handler._features(toy_splits["validation"]))
+    with torch.no_grad():
+        logits = net.head(torch.as_tensor(feats, dtype=torch.float32)).numpy()
+    assert fit.C == engine.state.linear_probe["C"]
+    assert (logits.argmax(1) == fit.predict(feats)).all()
+    assert net.training  # the training mode is restored
+
+    # a resumed run (iteration > 0) keeps its head, and so does a disabled handler
+    trained = net.head.weight.detach().clone()
+    resumed = Engine(lambda e, b: None)
+    resumed.state.iteration = 5
+    handler(resumed)
+    LinearProbeHeadInit(net, toy_splits["training"], toy_splits["validation"], transform, enabled=False)(Engine(lambda e, b: None))
+    assert torch.equal(net.head.weight, trained)
+    with pytest.raises(TypeError, match="enabled"):
+        LinearProbeHeadInit(net, [], [], transform, enabled="false")
+    with pytest.raises(TypeError, match="Linear head"):
+        LinearProbeHeadInit(torch.nn.Linear(2, 2), [], [], transform)
 
 
 def test_probe_features_reject_bad_items(toy_splits):

@@ -1,4 +1,4 @@
-"""Helpers that bundle configs call: where the bundle lives, whether this process is the main rank.
+"""Command-line helpers that bundle configs call: where the bundle lives, which config files were named.
 
 MONAI bundles conventionally set ``"bundle_root": "."`` and expect to be run from inside the bundle folder.
 Our users also run them from the repository root
@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-import torch.distributed as dist
+from usfm_monai.utils import ensure_bool, is_main_process  # re-exported: configs written before usfm_monai.utils
 
 __all__ = ["find_bundle_root", "is_main_process", "config_files_from_argv", "ensure_bool"]
 
@@ -64,26 +64,3 @@ def find_bundle_root(argv: Sequence[str] | None = None) -> str:
         if os.path.basename(parent) == "configs":
             return os.path.dirname(parent)
     return os.getcwd()
-
-
-def is_main_process() -> bool:
-    """``True`` unless ``torch.distributed`` is initialized and this is not rank 0.
-
-    Configs use it as ``"_disabled_": "$not usfm_monai.bundle.is_main_process()"`` on handlers that write files
-    or logs, so every rank still runs the handlers that change training state (LR schedules, validation).
-    """
-    return not (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0)
-
-
-def ensure_bool(name: str, value: object) -> bool:
-    """Return ``value`` if it is a bool, else raise a ``TypeError`` that explains the usual cause.
-
-    ``python -m monai.bundle run ... --flag false`` passes the *string* ``"false"``, which is truthy: a switch
-    such as ``use_frequency_mask`` would silently stay on. Library switches that configs set go through here.
-    """
-    if isinstance(value, bool):
-        return value
-    raise TypeError(
-        f"{name} must be True or False, got {value!r} ({type(value).__name__}). On the monai.bundle command line "
-        "write --" + name + " False (capitalized): a lower-case 'false' arrives as a string."
-    )

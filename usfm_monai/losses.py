@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from usfm_monai.bundle import ensure_bool
+from usfm_monai.utils import ensure_bool
 
 __all__ = ["FocalFrequencyLoss", "USFMReconstructionLoss", "balanced_class_weights"]
 

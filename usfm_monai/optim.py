@@ -19,6 +19,8 @@ from typing import Any, Collection, Dict, List, Tuple
 
 from torch import nn
 
+from usfm_monai.networks.weights import find_encoder, unwrap_model
+
 __all__ = ["layer_decay_param_groups", "get_layer_id"]
 
 
@@ -40,21 +42,6 @@ def get_layer_id(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
-def _find_encoder(model: nn.Module) -> Tuple[nn.Module, str]:
-    """The ViT encoder of ``model`` and its name prefix (``""`` when ``model`` is the encoder)."""
-    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model = model.module
-    if hasattr(model, "blocks") and hasattr(model, "patch_embed"):
-        return model, ""
-    encoder = getattr(model, "encoder", None)
-    if isinstance(encoder, nn.Module) and hasattr(encoder, "blocks") and hasattr(encoder, "patch_embed"):
-        return encoder, "encoder."
-    raise TypeError(
-        f"layer_decay_param_groups needs a ViT encoder (with patch_embed and blocks) or a model with one as its "
-        f"'encoder' attribute, got {type(model).__name__}."
-    )
-
-
 def layer_decay_param_groups(
     model: nn.Module,
     lr: float,
@@ -66,7 +53,7 @@ def layer_decay_param_groups(
 
     Args:
         model: a ``USFMEncoder``, or a model holding one as ``encoder`` (``USFMClassifier``, ``USFMSegmenter``,
-            ``USFMMaskedImageModel``), possibly wrapped in ``DataParallel``/``DistributedDataParallel``.
+            ``USFMMaskedImageModel``), possibly wrapped in ``DataParallel``/``DistributedDataParallel`` or compiled.
         lr: base learning rate (the head's).
         weight_decay: weight decay of matrices and convolution kernels.
         layer_decay: decay per layer, in ``(0, 1]``; 1 disables the decay.
@@ -88,8 +75,8 @@ def layer_decay_param_groups(
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
     if not 0 < layer_decay <= 1:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}.")
-    encoder, enc_prefix = _find_encoder(model)
-    root = model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
+    encoder, enc_prefix = find_encoder(model)
+    root = unwrap_model(model)
     num_layers = len(encoder.blocks)
     skip = set(encoder.no_weight_decay()) if hasattr(encoder, "no_weight_decay") else set()
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,11 +38,13 @@ from usfm_monai.transforms import EnsureGrayscaled, ScaleIntensity8Bitd
 
 __all__ = [
     "DEFAULT_C_GRID",
+    "LinearProbeFit",
     "ProbeFeatures",
     "build_probe_encoder",
     "default_probe_levels",
     "embedding_figure",
     "extract_features",
+    "fit_linear_probe",
     "knn_probe",
     "linear_probe",
     "load_probe_images",
@@ -185,6 +188,72 @@ def knn_probe(
     return _scores(y_test, knn.predict(test), num_classes)
 
 
+@dataclass(frozen=True)
+class LinearProbeFit:
+    """A logistic regression fitted on standardized features, its ``C`` chosen on validation macro-F1.
+
+    Attributes:
+        classifier: the fitted ``sklearn.linear_model.LogisticRegression`` (on standardized features).
+        mean, std: the training statistics that standardize a feature, ``(D,)``.
+        C: the chosen inverse regularisation strength.
+        val_f1: its validation macro-F1.
+    """
+
+    classifier: Any
+    mean: np.ndarray
+    std: np.ndarray
+    C: float
+    val_f1: float
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Class indices of raw ``(N, D)`` features."""
+        return self.classifier.predict((features - self.mean) / self.std)
+
+    def linear_layer(self, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """The same classifier as a linear layer on raw features: ``(K, D)`` weight and ``(K,)`` bias whose
+        softmax equals the regression's probabilities (standardization folded in; a binary regression's
+        single logit becomes ``[0, z]``; a class absent from training gets zero weight and the
+        lowest bias, so among the trained classes the probabilities stay the regression's)."""
+        coef = self.classifier.coef_ / self.std
+        intercept = self.classifier.intercept_ - coef @ self.mean
+        classes = [int(c) for c in self.classifier.classes_]
+        if len(classes) == 2:  # sklearn keeps one logit for two classes: that of classes[1] against classes[0]
+            coef = np.stack([np.zeros_like(coef[0]), coef[0]])
+            intercept = np.array([0.0, intercept[0]])
+        weight = np.zeros((num_classes, coef.shape[1]), dtype=np.float64)
+        bias = np.full(num_classes, float(intercept.min()), dtype=np.float64)
+        weight[classes], bias[classes] = coef, intercept
+        return weight, bias
+
+
+def fit_linear_probe(
+    train: np.ndarray,
+    y_train: np.ndarray,
+    val: np.ndarray,
+    y_val: np.ndarray,
+    c_grid: Sequence[float] = DEFAULT_C_GRID,
+) -> LinearProbeFit:
+    """Fit the linear probe: balanced-class-weight logistic regression on standardized features, for each ``C``
+    of ``c_grid``; keep the one with the best validation macro-F1 (the first on ties)."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(val) == 0:
+        raise ValueError("the linear probe needs a non-empty validation split to choose its regularisation.")
+    if len(np.unique(y_train)) < 2:
+        raise ValueError(f"the linear probe needs at least two classes in training, got {np.unique(y_train).tolist()}.")
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    train_z, val_z = (train - mean) / std, (val - mean) / std
+    num_classes = int(max(y_train.max(), y_val.max())) + 1
+    best: tuple[float, float, Any] | None = None
+    for c in c_grid:
+        clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced").fit(train_z, y_train)
+        val_f1 = _scores(y_val, clf.predict(val_z), num_classes)["f1"]
+        if best is None or val_f1 > best[0]:
+            best = (val_f1, c, clf)
+    val_f1, c, clf = best
+    return LinearProbeFit(classifier=clf, mean=mean, std=std, C=float(c), val_f1=float(val_f1))
+
+
 def linear_probe(
     train: np.ndarray,
     y_train: np.ndarray,
@@ -194,25 +263,14 @@ def linear_probe(
     y_test: np.ndarray,
     c_grid: Sequence[float] = DEFAULT_C_GRID,
 ) -> dict[str, float]:
-    """Logistic regression on standardized features; ``C`` picked by validation macro-F1, scored on test.
+    """:func:`fit_linear_probe` on training/validation, scored on test.
 
     Returns:
         ``{"acc", "f1", "val_f1", "C"}``.
     """
-    from sklearn.linear_model import LogisticRegression
-
-    if len(val) == 0:
-        raise ValueError("the linear probe needs a non-empty validation split to choose its regularisation.")
-    train, val, test = _standardize(train, val, test)
+    fit = fit_linear_probe(train, y_train, val, y_val, c_grid)
     num_classes = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
-    best: tuple[float, float, Any] | None = None
-    for c in c_grid:
-        clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced").fit(train, y_train)
-        val_f1 = _scores(y_val, clf.predict(val), num_classes)["f1"]
-        if best is None or val_f1 > best[0]:
-            best = (val_f1, c, clf)
-    val_f1, c, clf = best
-    return dict(_scores(y_test, clf.predict(test), num_classes), val_f1=float(val_f1), C=float(c))
+    return dict(_scores(y_test, fit.predict(test), num_classes), val_f1=fit.val_f1, C=fit.C)
 
 
 class ProbeFeatures:

@@ -26,8 +26,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from usfm_monai.bundle import is_main_process
 from usfm_monai.io import remove_stale_temp_files
+from usfm_monai.utils import is_main_process
 
 try:  # POSIX only; elsewhere the PID check below decides
     import fcntl

@@ -10,15 +10,12 @@ target file; the frozen branch must still hold the exported encoder's weights af
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
 from PIL import Image
 from skimage.metrics import structural_similarity
 
@@ -26,49 +23,9 @@ from usfm_monai.networks.cyclegan import ResnetGenerator
 from usfm_monai.networks.encoder import create_usfm_encoder
 from usfm_monai.networks.mim import export_encoder
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUNDLE = os.path.join(REPO, "bundles", "enhance_usenhance")
-CONFIGS = os.path.join(BUNDLE, "configs")
-SCHEMA = os.path.join(os.path.dirname(REPO), "shared", "monai", "meta_schema_20240725.json")
-
-# a second or two per epoch on one CPU core
-TINY = {
-    "synthetic_num_images": 40,  # 10 per organ: 7 training, 2 validation, 1 test
-    "synthetic_image_size": 48,
-    "image_size": 32,
-    "ngf": 8,
-    "n_blocks": 1,
-    "ndf": 8,
-    "usfm_size": "tiny",
-    "usfm_img_size": 32,
-    "batch_size": 4,
-    "val_batch_size": 4,
-    "num_workers": 0,
-    "pool_size": 4,
-    "log_every": 1,
-}
+BUNDLE = "enhance_usenhance"
 ARCH_KEYS = ("image_size", "ngf", "n_blocks", "usfm_size", "usfm_img_size", "synthetic_num_images",
              "synthetic_image_size", "num_workers")
-
-
-def _config(*names):
-    return [os.path.join(CONFIGS, n) for n in names]
-
-
-def _cli(overrides):
-    args = []
-    for k, v in overrides.items():
-        # fire parses Python literals: True/False, not JSON's true/false (those would stay strings)
-        args += [f"--{k}", v if isinstance(v, str) else repr(v)]
-    return args
-
-
-def _run_bundle(config_files, root, overrides):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config_files), "--bundle_root", root,
-           *_cli(overrides)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -80,37 +37,29 @@ def tiny_encoder_file(tmp_path_factory):
 
 
 @pytest.mark.parametrize("files,workflow_type", [(("train.json",), "train"), (("inference.json",), "infer")])
-def test_check_properties(files, workflow_type, tmp_path, tiny_encoder_file):
+def test_check_properties(files, workflow_type, tmp_path, tiny_encoder_file, bundle):
     extra = {"synthetic_num_images": 40, "synthetic_image_size": 32, "usfm_size": "tiny", "num_workers": 0}
     if workflow_type == "train":
         extra.update(usfm_weights=tiny_encoder_file, usfm_img_size=32)
-    workflow = ConfigWorkflow(config_file=_config(*files), workflow_type=workflow_type, bundle_root=str(tmp_path),
-                              **extra)
-    workflow.initialize()
+    workflow = bundle.workflow(files, workflow_type, tmp_path, **extra)
     assert not workflow.check_properties()
 
 
-def test_verify_metadata():
-    if not os.path.isfile(SCHEMA):
-        pytest.skip(f"schema copy not found at {SCHEMA}")
-    pytest.importorskip("jsonschema")
-    from monai.bundle import verify_metadata
-
-    verify_metadata(meta_file=os.path.join(CONFIGS, "metadata.json"), filepath=SCHEMA)  # raises on failure
+def test_verify_metadata(bundle):
+    bundle.verify_metadata()  # raises on failure
 
 
-def test_missing_usfm_weights_fail_at_load(tmp_path):
-    workflow = ConfigWorkflow(config_file=_config("train.json"), workflow_type="train", bundle_root=str(tmp_path),
-                              usfm_weights=str(tmp_path / "absent.pt"), usfm_size="tiny")
-    workflow.initialize()
+def test_missing_usfm_weights_fail_at_load(tmp_path, bundle):
+    workflow = bundle.workflow(["train.json"], "train", tmp_path, usfm_weights=str(tmp_path / "absent.pt"),
+                               usfm_size="tiny")
     with pytest.raises(RuntimeError) as err:
         workflow.parser.get_parsed_content("network_def")
     assert "absent.pt" in str(err.value.__cause__)
 
 
-def _generator(use_branch):
+def _generator(use_branch, tiny):
     encoder = create_usfm_encoder("tiny", img_size=32, use_fc_norm=False, drop_path_rate=0.0) if use_branch else None
-    return ResnetGenerator(ngf=TINY["ngf"], n_blocks=TINY["n_blocks"], usfm_encoder=encoder).eval()
+    return ResnetGenerator(ngf=tiny["ngf"], n_blocks=tiny["n_blocks"], usfm_encoder=encoder).eval()
 
 
 def _load_as_bundle(path, size):
@@ -122,14 +71,12 @@ def _load_as_bundle(path, size):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("use_branch", [True, False], ids=["usfm-branch", "plain-cyclegan"])
-def test_train_resume_evaluate_infer(tmp_path, tiny_encoder_file, use_branch):
+def test_train_resume_evaluate_infer(tmp_path, tiny_encoder_file, use_branch, bundle):
     root = str(tmp_path / "bundle")
-    overrides = dict(TINY, use_usfm_branch=use_branch, usfm_weights=tiny_encoder_file)
+    overrides = bundle.tiny(use_usfm_branch=use_branch, usfm_weights=tiny_encoder_file)
 
     def train(stop_after_epoch=None):
-        workflow = ConfigWorkflow(config_file=_config("train.json"), workflow_type="train", bundle_root=root,
-                                  epochs=2, **overrides)
-        workflow.initialize()
+        workflow = bundle.workflow(["train.json"], "train", root, epochs=2, **overrides)
         trainer = workflow.parser.get_parsed_content("train#trainer")
         start, lrs = {}, []
         trainer.add_event_handler(Events.STARTED, lambda e: start.setdefault("iteration", e.state.iteration))
@@ -166,13 +113,12 @@ def test_train_resume_evaluate_infer(tmp_path, tiny_encoder_file, use_branch):
         assert all(torch.equal(branch[k], exported[k]) for k in exported)
     else:
         assert not branch
-    generator = _generator(use_branch)
+    generator = _generator(use_branch, overrides)
     generator.load_state_dict(state)
 
     # evaluate on the test split: per-image CSV, per-organ summary, side-by-side figures
-    workflow = ConfigWorkflow(config_file=_config("train.json", "evaluate.json"), workflow_type="eval",
-                              bundle_root=root, **overrides)  # in-process: the subprocess route is tested below
-    workflow.initialize()
+    # in-process: the subprocess route is tested below
+    workflow = bundle.workflow(["train.json", "evaluate.json"], "eval", root, **overrides)
     workflow.run()
     workflow.finalize()
     eval_dir = os.path.join(root, "eval")
@@ -200,8 +146,7 @@ def test_train_resume_evaluate_infer(tmp_path, tiny_encoder_file, use_branch):
     Image.open(low_path).crop(crop).save(low / "case.png")
     Image.open(high_path).crop(crop).save(high / "case.png")
     infer = {k: overrides[k] for k in ARCH_KEYS}
-    _run_bundle(_config("inference.json"), root, dict(infer, use_usfm_branch=use_branch, dataset_dir=str(low),
-                                                      target_dir=str(high)))
+    bundle.run(["inference.json"], root, **infer, use_usfm_branch=use_branch, dataset_dir=low, target_dir=high)
     out_dir = os.path.join(root, "eval", "inference")
     enhanced = np.asarray(Image.open(os.path.join(out_dir, "case_enhanced.png")))
     assert enhanced.shape == (48, 40) and enhanced.dtype == np.uint8  # the input file's size and orientation
@@ -217,24 +162,20 @@ def test_train_resume_evaluate_infer(tmp_path, tiny_encoder_file, use_branch):
 
 
 @pytest.mark.parametrize("override_file", ["quick.json", "cpu_recipe.json"])
-def test_override_files_only_set_existing_settings(override_file):
-    with open(os.path.join(CONFIGS, "train.json")) as f:
-        train = json.load(f)
-    with open(os.path.join(CONFIGS, override_file)) as f:
-        overrides = json.load(f)
+def test_override_files_only_set_existing_settings(override_file, bundle):
+    train, overrides = bundle.load("train.json"), bundle.load(override_file)
     unknown = [k for k in overrides if k.split("#")[0] not in train]
     assert not unknown, f"{override_file} sets {unknown}, which train.json does not define (a typo is silently added)"
     assert all(not isinstance(v, (dict, list)) for v in overrides.values()), "scalar-only override file"
 
 
-def test_recipe_switches_reach_networks_and_trainer(tmp_path):
+def test_recipe_switches_reach_networks_and_trainer(tmp_path, bundle):
     # usfm_random_weights: the branch is built without reading usfm_weights (absent here) and keeps its random init
-    workflow = ConfigWorkflow(
-        config_file=_config("train.json"), workflow_type="train", bundle_root=str(tmp_path),
-        **{**TINY, "usfm_weights": str(tmp_path / "absent.pt"), "usfm_random_weights": True,
-           "residual_generator": True, "output_levels": 256, "lambda_paired": 2.5, "paired_loss": "l1+ssim"},
+    workflow = bundle.workflow(
+        ["train.json"], "train", tmp_path,
+        **bundle.tiny(usfm_weights=str(tmp_path / "absent.pt"), usfm_random_weights=True, residual_generator=True,
+                      output_levels=256, lambda_paired=2.5, paired_loss="l1+ssim"),
     )
-    workflow.initialize()
     parser = workflow.parser
     net, gen_b2a = parser.get_parsed_content("network_def"), parser.get_parsed_content("gen_b2a_def")
     assert net.usfm_branch is not None and net.residual and gen_b2a.residual and gen_b2a.usfm_branch is None
@@ -248,8 +189,6 @@ def test_recipe_switches_reach_networks_and_trainer(tmp_path):
     x = torch.round(x * 255) / 255
     torch.testing.assert_close(net.eval()(x), x, atol=1e-6, rtol=0)  # identity at start, 8-bit output
     # the defaults keep the paper's CycleGAN: no paired term, plain output, weights file required
-    defaults = ConfigWorkflow(config_file=_config("train.json"), workflow_type="train", bundle_root=str(tmp_path),
-                              **{**TINY, "use_usfm_branch": False})
-    defaults.initialize()
+    defaults = bundle.workflow(["train.json"], "train", tmp_path, **bundle.tiny(use_usfm_branch=False))
     trainer = defaults.parser.get_parsed_content("train#trainer")
     assert trainer.lambda_paired == 0.0 and not defaults.parser.get_parsed_content("network_def").residual

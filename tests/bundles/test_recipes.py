@@ -82,3 +82,21 @@ def test_balanced_class_weights_errors():
         balanced_class_weights([{"label": 0}, {"label": 1}], 3)
     with pytest.raises(ValueError, match="item 1 has label='x'"):
         balanced_class_weights([{"label": 0}, {"label": "x"}], 2)
+
+
+def test_linear_probe_head_follows_the_weights(tmp_path, encoder_file):
+    """LP-FT (head set to a linear probe of the frozen features) is on with pretrained weights only."""
+
+    def lp_ft(*extra, **override):
+        parser = ConfigParser()
+        parser.read_config(_configs("cls_busi", "train.json", "quick.json", *extra))
+        parser.update({"bundle_root": str(tmp_path), "image_size": 128, **override})
+        (handler,) = [h for h in parser.get_parsed_content("train#handlers") if type(h).__name__ == "LinearProbeHeadInit"]
+        return handler.enabled
+
+    assert lp_ft() is False and lp_ft("baseline_vit_scratch.json") is False
+    assert lp_ft(pretrained=encoder_file) is True
+    assert lp_ft(pretrained=encoder_file, linear_probe_head=False) is False
+    with pytest.raises(Exception) as err:
+        lp_ft(linear_probe_head="false")  # what `--linear_probe_head false` passes
+    assert "linear_probe_head must be True or False" in repr(err.value) + repr(err.value.__cause__)

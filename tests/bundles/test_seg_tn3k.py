@@ -5,48 +5,16 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUNDLE = os.path.join(REPO, "bundles", "seg_tn3k")
-CONFIGS = os.path.join(BUNDLE, "configs")
-SCHEMA = os.path.join(os.path.dirname(REPO), "shared", "monai", "meta_schema_20240725.json")
-
-# CPU-sized settings on top of quick.json: a 64 px tiny UPerNet, 40 synthetic images of 96 px
-TINY = {
-    "image_size": 64,
-    "synthetic_num_images": 40,
-    "synthetic_image_size": 96,
-    "num_workers": 0,
-}
+BUNDLE = "seg_tn3k"
 
 
-def _config(*names: str) -> str:
-    return "[" + ",".join(repr(os.path.join(CONFIGS, n)) for n in names) + "]"
-
-
-def _run(config_file: str, bundle_root, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file, "--bundle_root", str(bundle_root)]
-    for key, value in TINY.items():
-        cmd += [f"--{key}", str(value)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(cmd + list(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-@pytest.mark.skipif(not os.path.isfile(SCHEMA), reason="MONAI metadata schema not available offline")
-def test_verify_metadata():
-    from monai.bundle import verify_metadata
-
-    verify_metadata(meta_file=os.path.join(CONFIGS, "metadata.json"), filepath=SCHEMA)  # raises when invalid
-    with open(os.path.join(CONFIGS, "metadata.json")) as f:
-        meta = json.load(f)
+def test_verify_metadata(bundle):
+    meta = bundle.verify_metadata()  # raises when invalid
     pred = meta["network_data_format"]["outputs"]["pred"]
     assert pred["channel_def"] == {"0": "background", "1": "lesion"}
     assert meta["network_data_format"]["inputs"]["image"]["modality"] == "US"
@@ -55,29 +23,15 @@ def test_verify_metadata():
 @pytest.mark.parametrize(
     "workflow_type, files", [("train", ("train.json", "quick.json")), ("infer", ("inference.json",))]
 )
-def test_standard_properties(tmp_path, workflow_type, files):
-    from monai.bundle import ConfigWorkflow
-
-    workflow = ConfigWorkflow(
-        config_file=[os.path.join(CONFIGS, f) for f in files],
-        meta_file=os.path.join(CONFIGS, "metadata.json"),
-        logging_file=os.path.join(CONFIGS, "logging.conf"),
-        workflow_type=workflow_type,
-        bundle_root=str(tmp_path),
-        encoder_size="tiny",
-        **TINY,
-    )
-    workflow.initialize()
+def test_standard_properties(tmp_path, workflow_type, files, bundle):
+    workflow = bundle.workflow(files, workflow_type, tmp_path, encoder_size="tiny", **bundle.tiny())
     assert not workflow.check_properties()
 
 
-def test_missing_pretrained_weights_fail_clearly(tmp_path):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(os.path.join(CONFIGS, "train.json"))
+def test_missing_pretrained_weights_fail_clearly(tmp_path, bundle):
     missing = os.path.join(str(tmp_path), "models", "usfm_encoder.pt")
-    parser.update({"bundle_root": str(tmp_path), "encoder_size": "tiny", "image_size": 64, "pretrained": missing})
+    parser = bundle.parser(["train.json"], bundle_root=str(tmp_path), encoder_size="tiny", image_size=64,
+                           pretrained=missing)
     with pytest.raises(RuntimeError) as info:
         parser.get_parsed_content("network_def")
     cause = info.value.__cause__
@@ -85,17 +39,12 @@ def test_missing_pretrained_weights_fail_clearly(tmp_path):
     assert missing in str(cause)
 
 
-def test_overlay_switch_rejects_lower_case_string(tmp_path):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(os.path.join(CONFIGS, "inference.json"))
-    parser.update({"bundle_root": str(tmp_path), "encoder_size": "tiny", "image_size": 64, "save_overlays": False})
+def test_overlay_switch_rejects_lower_case_string(tmp_path, bundle):
+    settings = {"bundle_root": str(tmp_path), "encoder_size": "tiny", "image_size": 64}
+    parser = bundle.parser(["inference.json"], **settings, save_overlays=False)
     names = [type(h).__name__ for h in parser.get_parsed_content("handlers")]
     assert "SegmentationOverlay" not in names and "CheckpointLoader" in names
-    parser = ConfigParser()
-    parser.read_config(os.path.join(CONFIGS, "inference.json"))
-    parser.update({"bundle_root": str(tmp_path), "encoder_size": "tiny", "image_size": 64, "save_overlays": "false"})
+    parser = bundle.parser(["inference.json"], **settings, save_overlays="false")
     with pytest.raises(RuntimeError) as info:  # MONAI wraps the error of a "$" expression
         parser.get_parsed_content("handlers")
     assert isinstance(info.value.__cause__, TypeError) and "save_overlays" in str(info.value.__cause__)
@@ -107,9 +56,10 @@ def _rows(path: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_train_evaluate_infer_end_to_end(tmp_path):
+def test_train_evaluate_infer_end_to_end(tmp_path, bundle):
     root = tmp_path / "bundle"
-    _run(_config("train.json", "quick.json"), root, "--epochs", "1")
+    tiny = bundle.tiny()
+    bundle.run(["train.json", "quick.json"], root, **tiny, epochs=1)
     assert os.path.isfile(root / "models" / "model.pt") and os.path.isfile(root / "models" / "checkpoint_last.pt")
     import torch
 
@@ -117,7 +67,7 @@ def test_train_evaluate_infer_end_to_end(tmp_path):
     assert set(state) == {"model"} and any(k.startswith("decode_head.") for k in state["model"])
 
     # evaluate on the test split: per-image CSV from MetricsSaver and the summary JSON must agree
-    _run(_config("train.json", "quick.json", "evaluate.json"), root)
+    bundle.run(["train.json", "quick.json", "evaluate.json"], root, **tiny)
     eval_dir = root / "eval" / "test"
     with open(root / "data" / "synthetic_segmentation" / "datalist.json") as f:
         test_items = json.load(f)["test"]
@@ -144,7 +94,7 @@ def test_train_evaluate_infer_end_to_end(tmp_path):
     Image.fromarray(gray).save(inputs / "case_a.png")
     Image.fromarray(np.repeat(gray[:70, :][..., None], 3, axis=-1)).save(inputs / "case_b.jpg", quality=95)
     out = tmp_path / "pred"
-    _run(_config("inference.json", "quick.json"), root, "--dataset_dir", str(inputs), "--output_dir", str(out))
+    bundle.run(["inference.json", "quick.json"], root, **tiny, dataset_dir=inputs, output_dir=out)
     for stem, shape in (("case_a", (96, 80)), ("case_b", (70, 80))):
         mask = Image.open(out / f"{stem}_seg.png")
         assert mask.mode == "L" and mask.size[::-1] == shape

@@ -5,8 +5,6 @@ background outside the ultrasound region)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,12 +16,11 @@ pytest.importorskip("pydicom")
 from fixtures.dicom import write_us_dicom  # noqa: E402
 from fixtures.layouts import write_corrupt  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = os.path.join(REPO, "bundles", "seg_tn3k", "configs")
+BUNDLE = "seg_tn3k"
 
 
 @pytest.mark.slow
-def test_folder_inference_skips_unreadable_file_and_writes_one_mask_per_frame(tmp_path):
+def test_folder_inference_skips_unreadable_file_and_writes_one_mask_per_frame(tmp_path, bundle):
     from usfm_monai.networks import USFMSegmenter
 
     root = tmp_path / "bundle"
@@ -42,12 +39,8 @@ def test_folder_inference_skips_unreadable_file_and_writes_one_mask_per_frame(tm
     write_corrupt(str(inputs / "b_broken.png"))
     Image.fromarray(rng.integers(0, 256, (30, 50), dtype=np.uint8)).save(inputs / "c.png")
     out = tmp_path / "pred"
-    config = "[" + ",".join(repr(os.path.join(CONFIGS, n)) for n in ("inference.json", "quick.json")) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--bundle_root", str(root),
-           "--image_size", "64", "--num_workers", "0", "--batch_size", "1", "--dataset_dir", str(inputs),
-           "--output_dir", str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    settings = {"image_size": 64, "num_workers": 0, "batch_size": 1, "output_dir": out}
+    proc = bundle.run(["inference.json", "quick.json"], root, check=False, dataset_dir=inputs, **settings)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0, log[-2000:]
     assert "1 input file(s) could not be read" in log and "b_broken.png" in log
@@ -59,9 +52,7 @@ def test_folder_inference_skips_unreadable_file_and_writes_one_mask_per_frame(tm
     cine = tmp_path / "cine"
     region = (4, 6, 43, 29)  # x0, y0, x1, y1 in a 48-wide, 36-high frame
     write_us_dicom(str(cine / "loop.dcm"), rng.integers(0, 256, (3, 36, 48), dtype=np.uint8), region=region)
-    cmd[cmd.index("--dataset_dir") + 1] = str(cine)
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    bundle.run(["inference.json", "quick.json"], root, dataset_dir=cine, **settings)
     x0, y0, x1, y1 = region
     for k in range(3):
         mask = np.asarray(Image.open(out / f"loop_seg_{k}.png"))

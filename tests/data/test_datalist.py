@@ -156,3 +156,103 @@ def test_classification_labels_checked_at_start_up(dataset, items, message):
     good = [{"image": "a.png", "label": 2, "class_name": "normal"}, {"image": "b.png", "label": 0, "class_name": "benign"}]
     path = write_datalist(str(dataset / "cls.json"), {"training": good})
     assert [i["label"] for i in resolve_datalist(str(dataset), path, task="classification", num_classes=3)] == [2, 0]
+
+
+# --- the synthetic default generated on first use, not when a config is read ---------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SYNTHETIC = {"num_images": 9, "image_size": 32}
+
+
+def test_deferred_synthetic_datalist_generates_on_first_read(tmp_path):
+    from usfm_monai.data.datalist import DeferredDatalist, materialize
+
+    target = tmp_path / "synthetic_classification"
+    names = ["benign", "malignant", "normal"]
+    items = resolve_datalist("synthetic", task="classification", synthetic_dir=str(target), synthetic_kwargs=SYNTHETIC,
+                             class_names=names, defer=True)
+    assert isinstance(items, DeferredDatalist) and not items.materialized
+    assert len(items) == 6 and not target.exists()  # the length is known, nothing is written
+    assert "not generated yet" in repr(items)
+    # the parameters, the section and the labels are still checked when the config is read
+    with pytest.raises(ValueError, match="label 2 is out of range"):
+        resolve_datalist("synthetic", task="classification", synthetic_dir=str(target), synthetic_kwargs=SYNTHETIC,
+                         class_names=names[:2], defer=True)
+    with pytest.raises(KeyError, match="Section 'holdout' not found"):
+        resolve_datalist("synthetic", None, "holdout", "classification", str(target), synthetic_kwargs=SYNTHETIC,
+                         defer=True)
+    with pytest.raises(ValueError, match="num_images"):
+        resolve_datalist("synthetic", task="classification", synthetic_dir=str(target),
+                         synthetic_kwargs={"num_images": 0}, defer=True)
+    assert not target.exists()
+    # the first read generates and checks the dataset; the items are those of the eager call
+    first = items[0]
+    assert items.materialized and os.path.isfile(first["image"]) and os.path.isfile(target / "datalist.json")
+    eager = resolve_datalist("synthetic", task="classification", synthetic_dir=str(target), synthetic_kwargs=SYNTHETIC,
+                             class_names=names)
+    assert items == eager and list(items) == eager and items[1:3] == eager[1:3]
+    # materialize() reaches a deferred list directly or through a dataset's ``data``; anything else is left alone
+    val = resolve_datalist("synthetic", None, "validation", "classification", str(target), synthetic_kwargs=SYNTHETIC,
+                           defer=True)
+
+    class Dataset:
+        data = val
+
+    materialize(Dataset(), None, [1, 2], eager)
+    assert val.materialized
+
+
+def test_defer_loads_a_real_dataset_now(dataset):
+    items = resolve_datalist(str(dataset), task="segmentation", defer=True)
+    assert isinstance(items, list) and len(items) == 2
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        resolve_datalist(str(dataset / "nowhere"), task="segmentation", defer=True)
+
+
+def test_deferred_datalist_in_a_loader_worker(tmp_path):
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import LoadImaged
+
+    items = resolve_datalist("synthetic", task="segmentation", synthetic_dir=str(tmp_path / "syn"),
+                             synthetic_kwargs=SYNTHETIC, defer=True)
+    loader = DataLoader(Dataset(items, LoadImaged(("image", "label"), image_only=True)), batch_size=2, shuffle=True,
+                        num_workers=1)
+    assert not (tmp_path / "syn").exists()  # dataset and loader built: nothing written yet
+    batches = list(loader)  # the worker generates the dataset on its first read
+    assert sum(len(b["image"]) for b in batches) == len(items) and (tmp_path / "syn" / "datalist.json").is_file()
+    assert sorted(os.listdir(tmp_path)) == ["syn"]
+
+
+@pytest.mark.parametrize("bundle", ["pretrain_usfm", "seg_tn3k", "cls_busi", "enhance_usenhance"])
+def test_reading_bundle_datalists_writes_nothing(tmp_path, bundle):
+    from monai.bundle import ConfigParser
+
+    from usfm_monai.data.datalist import DeferredDatalist
+
+    parser = ConfigParser()
+    parser.read_config(os.path.join(REPO, "bundles", bundle, "configs", "train.json"))
+    parser.update({"bundle_root": str(tmp_path)})
+    ids = [k for k in parser.get() if k.endswith("_datalist")]
+    assert {"train_datalist", "val_datalist"} <= set(ids)
+    for name in ids:
+        assert isinstance(parser.get_parsed_content(name), DeferredDatalist)
+    assert parser.get("run")[0].startswith("$usfm_monai.data.datalist.materialize(")
+    assert not (tmp_path / "data").exists()
+
+
+def test_check_properties_writes_no_synthetic_data(tmp_path):
+    """ConfigWorkflow.check_properties() builds the datasets and loaders; the run step generates the data."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = os.path.join(REPO, "bundles", "seg_tn3k", "configs")
+    workflow = ConfigWorkflow(
+        config_file=[os.path.join(configs, "train.json"), os.path.join(configs, "quick.json")],
+        meta_file=os.path.join(configs, "metadata.json"), workflow_type="train", bundle_root=str(tmp_path),
+        encoder_size="tiny", image_size=64, synthetic_num_images=8, synthetic_image_size=64, num_workers=0,
+    )
+    workflow.initialize()
+    assert not workflow.check_properties()
+    assert not (tmp_path / "data").exists()
+    workflow.parser.get_parsed_content("run#0")  # the run step's first expression generates the dataset
+    assert (tmp_path / "data" / "synthetic_segmentation" / "datalist.json").is_file()
+    assert workflow.parser.get_parsed_content("train#dataset").data.materialized

@@ -303,3 +303,99 @@ def test_ensure_refuses_to_replace_foreign_folder(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert os.path.isfile(ensure_synthetic_dataset(str(empty), "pretrain", num_images=2, image_size=32))
+
+
+# --- the split: simulator, dataset writer, cached-folder helper ----------------------------------------------------
+
+
+def test_synthetic_reexports_the_simulator_and_imports_no_datalist():
+    import ast
+
+    from usfm_monai.data import cached_folder, simulator
+
+    for name in ("synthesize_image", "synthesize_pair", "image_seed", "ORGANS", "GENERATOR_VERSION", "_QUALITY",
+                 "_geometry", "_render", "_ORGAN_PHYSICS"):
+        assert getattr(synthetic, name) is getattr(simulator, name)
+    # datalist imports the writer; the writer, the simulator and the cached-folder helper import no datalist module
+    # (nor each other backwards): no import cycle
+    for module, forbidden in ((synthetic, ("datalist",)), (simulator, ("datalist", "synthetic", "cached_folder")),
+                              (cached_folder, ("datalist", "synthetic", "simulator"))):
+        imported = set()
+        for node in ast.walk(ast.parse(open(module.__file__).read())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+        assert not [m for m in imported if m.startswith("usfm_monai.data.") and m.split(".")[-1] in forbidden]
+
+
+@pytest.mark.parametrize("task", synthetic.TASKS)
+def test_synthetic_datalist_is_what_is_written(tmp_path, task):
+    kwargs = dict(num_images=14, image_size=32, seed=2, val_fraction=0.25, test_fraction=0.15)
+    planned = synthetic.synthetic_datalist(task, **kwargs)
+    assert not os.listdir(tmp_path)  # planning writes nothing
+    with open(make_synthetic_dataset(str(tmp_path / task), task, **kwargs)) as f:
+        written = json.load(f)
+    assert planned == {k: written[k] for k in ("training", "validation", "test")}
+    with pytest.raises(ValueError, match="task must be one of"):
+        synthetic.synthetic_datalist("detection")
+
+
+def test_publish_folder_is_atomic_and_cleans_up(tmp_path):
+    from usfm_monai.data.cached_folder import publish_folder
+
+    target = tmp_path / "cache"
+
+    def build(marker):
+        def _build(folder):
+            with open(os.path.join(folder, "content.txt"), "w") as f:
+                f.write(marker)
+        return _build
+
+    publish_folder(str(target), build("one"))
+    assert (target / "content.txt").read_text() == "one" and oct(target.stat().st_mode & 0o777) == "0o755"
+
+    def broken(folder):
+        build("half")(folder)
+        raise RuntimeError("build failed")
+
+    with pytest.raises(RuntimeError, match="build failed"):
+        publish_folder(str(target), broken)
+    assert (target / "content.txt").read_text() == "one"  # the old folder is untouched
+    publish_folder(str(target), build("two"))  # a stale folder is replaced
+    assert (target / "content.txt").read_text() == "two"
+    assert sorted(os.listdir(tmp_path)) == ["cache"]  # no temporary or moved-aside folders left
+
+
+def test_ensure_folder_builds_once_under_the_lock(tmp_path):
+    from usfm_monai.data.cached_folder import ensure_folder, rank_zero_first
+
+    target = tmp_path / "cache"
+    calls = []
+
+    def build(folder):
+        calls.append(folder)
+        assert os.path.isfile(str(target) + ".lock")  # built while holding <folder>.lock
+        open(os.path.join(folder, "done"), "w").close()
+
+    def current():
+        return (target / "done").is_file()
+
+    assert ensure_folder(str(target), current, build) is True
+    assert ensure_folder(str(target), current, build) is False and len(calls) == 1
+    assert sorted(os.listdir(tmp_path)) == ["cache"]
+    assert rank_zero_first(lambda: 42) == 42  # no process group: just the call
+
+
+def test_file_lock_times_out_naming_the_purpose(tmp_path):
+    from usfm_monai.data.cached_folder import file_lock
+
+    lock = tmp_path / "x.lock"
+    lock.write_text(f"{socket.gethostname()}:{os.getpid()}")  # held by a live process (this one)
+    with pytest.raises(TimeoutError, match="another process doing things. If no such process"):
+        with file_lock(str(lock), timeout=0.3, purpose="doing things"):
+            pass
+    lock.unlink()
+    with file_lock(str(lock), timeout=1):
+        assert lock.read_text() == f"{socket.gethostname()}:{os.getpid()}"
+    assert not lock.exists()

@@ -174,7 +174,7 @@ def test_supervised_bundles_use_the_amp_trainer_with_compile_off(bundle):
     trainer = parser.get("train#trainer")
     assert trainer["_target_"] == "usfm_monai.engines.AmpSupervisedTrainer"
     # the switch is read through the bool check, so `--compile false` (a string) cannot turn compilation on
-    assert trainer["amp_dtype"] == "@amp_dtype" and trainer["compile"] == "$usfm_monai.bundle.ensure_bool('compile', @compile)"
+    assert trainer["amp_dtype"] == "@amp_dtype" and trainer["compile"] == "$usfm_monai.utils.ensure_bool('compile', @compile)"
     assert parser.get_parsed_content("compile") is False
 
 

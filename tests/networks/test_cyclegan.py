@@ -247,6 +247,27 @@ def test_residual_generator_starts_as_identity_and_learns_a_correction():
         ResnetGenerator(residual="true")
 
 
+def test_scan_level_keeps_the_frame_outside_the_scan():
+    # a "sector": rows 10-21 hold signal (with dark speckle pixels inside), the rest is the black frame
+    torch.manual_seed(2)
+    x = torch.zeros(1, 1, 32, 32)
+    x[:, :, 10:22, 4:28] = torch.rand(1, 1, 12, 24) * 0.8 + 0.2
+    x[:, :, 15, 10] = 0.0  # a black pixel inside the scan
+    gen = ResnetGenerator(ngf=4, n_blocks=1, residual=True, scan_level=0.02, scan_dilation=5).eval()
+    with torch.no_grad():
+        gen.decoder[-1].bias.fill_(0.3)  # a global brightening z = 0.3
+        y = gen(x)
+    brightened = torch.sigmoid(torch.logit(x.clamp(1e-3, 1 - 1e-3)) + 0.6)
+    inside = torch.zeros_like(x, dtype=torch.bool)
+    inside[:, :, 8:24, 2:30] = True  # the scan grown by scan_dilation // 2 = 2 pixels
+    torch.testing.assert_close(y[inside], brightened[inside], atol=1e-6, rtol=1e-5)  # incl. the dark pixel
+    torch.testing.assert_close(y[~inside], x.clamp(1e-3, 1 - 1e-3)[~inside], atol=1e-7, rtol=0)  # frame kept
+    assert y[:, :, 15, 10] > 1e-3  # the dark pixel inside the scan is corrected like its neighbours
+    for kwargs in ({"scan_level": 0.02}, {"residual": True, "scan_level": 1.0}, {"residual": True, "scan_dilation": 4}):
+        with pytest.raises(ValueError, match="scan_"):
+            ResnetGenerator(ngf=4, n_blocks=1, **kwargs)
+
+
 def test_output_levels_round_in_eval_mode_only():
     torch.manual_seed(1)
     x = torch.rand(2, 1, 32, 32)

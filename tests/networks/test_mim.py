@@ -55,10 +55,32 @@ def test_two_channel_non_square():
         torch.testing.assert_close(model(x), hand_decoder(model, x), rtol=1e-4, atol=1e-5)
 
 
-def test_encoder_has_pretraining_token_norm():
-    model = USFMMaskedImageModel(size="tiny", img_size=32, encoder_kwargs=dict(depth=1))
-    assert isinstance(model.encoder.norm, torch.nn.LayerNorm)
-    assert set(model.encoder_state_dict()) == set(model.encoder.state_dict())
+def test_export_keys_follow_the_authors_layout(tmp_path):
+    """The export is the authors' encoder layout, up to the documented conversions (per-block tables)."""
+    from timm.models.beit import Beit
+
+    model = USFMMaskedImageModel(size="tiny", img_size=32, encoder_kwargs=dict(depth=2))
+    assert isinstance(model.encoder.norm, torch.nn.LayerNorm)  # the pre-training per-token norm
+    raw = torch.load(export_encoder(model, tmp_path / "e.pt"), map_location="cpu", weights_only=True)
+    ours = set(raw["state_dict"])
+    # the authors' pre-training encoder (USFM_latest.pth): timm BEiT with ONE shared relative position bias
+    enc = model.encoder
+    authors = Beit(
+        img_size=32, patch_size=16, in_chans=3, num_classes=0, embed_dim=enc.embed_dim, depth=2,
+        num_heads=enc.blocks[0].attn.num_heads, use_abs_pos_emb=False, use_rel_pos_bias=False,
+        use_shared_rel_pos_bias=True, init_values=0.1, use_fc_norm=False,
+    )
+    theirs = set(authors.state_dict()) | {"mask_token"}
+    per_block = {f"blocks.{i}.attn.relative_position_bias_table" for i in range(2)}
+    shared = {"rel_pos_bias.relative_position_bias_table", "rel_pos_bias.relative_position_index"}
+    assert per_block <= ours and not any(k.startswith("rel_pos_bias.") for k in ours)
+    assert not any(k.endswith("relative_position_index") for k in ours)  # recomputed buffers are not written
+    assert "norm.weight" in ours and not any(k.startswith("fc_norm.") for k in ours)
+    assert ours - per_block == theirs - shared - {"mask_token"}
+    # and the exported tensors are the encoder's own (copies on the CPU)
+    for k, v in enc.state_dict().items():
+        if k in ours:
+            assert torch.equal(raw["state_dict"][k], v)
 
 
 def test_export_then_load_gives_identical_features(tmp_path):

@@ -381,3 +381,58 @@ def test_checkpoint_filter_fn_dispatches_on_signature():
     assert plain["patch_embed.proj.weight"].shape == (DIM, 1, 16, 16)
     assert set(plain) == set(dst.state_dict())
     assert os.environ.get("TIMM_USE_SCIPY_INTERP", "0") == "0"
+
+
+def test_timm_resize_moves_an_unchanged_axis_ours_keeps_it():
+    """Why ours is kept (see its docstring): timm's ratio search starts at 1.01, so an unchanged axis is resampled."""
+    src = separable_table(lambda dy: dy**2, lambda dx: 0 * dx, (14, 14))
+    ours_out = as_grid(resize_rel_pos_bias_table(src, (14, 14), (14, 16)), (14, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        timm_out = as_grid(timm_resize(src, (14, 16), (27 * 31 + 3, 2), old_window_size=(14, 14)), (14, 16))
+    exact = (torch.arange(-13, 14, dtype=torch.float32) ** 2)[:, None].expand(27, 31)
+    torch.testing.assert_close(ours_out[..., 0], exact, rtol=0, atol=1e-4)
+    assert (timm_out[..., 0] - exact).abs().max() > 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# wrappers: DataParallel / DistributedDataParallel / torch.compile, in models and in saved keys
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_unwrap_model_and_find_encoder():
+    from usfm_monai.networks.weights import find_encoder, unwrap_model
+
+    enc = ours()
+    model = Wrapper(enc)
+    assert find_encoder(enc) == (enc, "")
+    assert find_encoder(model) == (enc, "encoder.")
+    for wrapped in (torch.nn.DataParallel(model), torch.compile(model), torch.compile(torch.nn.DataParallel(model))):
+        assert unwrap_model(wrapped) is model
+        assert find_encoder(wrapped) == (enc, "encoder.")
+    optimizer = torch.optim.SGD(enc.parameters(), lr=0.1)
+    assert unwrap_model(optimizer) is optimizer and unwrap_model(None) is None
+    with pytest.raises(TypeError, match="patch_embed and blocks"):
+        find_encoder(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("wrap", ["compile", "ddp_compile"])
+def test_state_dict_of_a_wrapped_model_loads(wrap):
+    src = Wrapper(ours(seed=8))
+    randomize_(src, 8)
+    wrapped = torch.compile(torch.nn.DataParallel(src) if wrap == "ddp_compile" else src)
+    state = wrapped.state_dict()
+    assert all(k.startswith("_orig_mod.") for k in state)
+    dst = ours(seed=9)
+    report = load_encoder_weights(dst, {"network": state})
+    assert report.prefix == "encoder." and report.missing == [] and report.unexpected == []
+    for k, v in src.encoder.state_dict().items():
+        assert torch.equal(dst.state_dict()[k], v), k
+
+
+def test_export_of_a_wrapped_model_equals_the_plain_export(tmp_path):
+    src = Wrapper(ours(seed=10))
+    plain = torch.load(export_encoder(src, tmp_path / "a.pt"), weights_only=True)
+    wrapped = torch.load(export_encoder(torch.compile(torch.nn.DataParallel(src)), tmp_path / "b.pt"), weights_only=True)
+    assert plain["config"] == wrapped["config"] and set(plain["state_dict"]) == set(wrapped["state_dict"])
+    assert all(torch.equal(plain["state_dict"][k], wrapped["state_dict"][k]) for k in plain["state_dict"])

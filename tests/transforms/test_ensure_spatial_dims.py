@@ -12,11 +12,14 @@ from usfm_monai.transforms.segmentation import EnsureSpatialDims, EnsureSpatialD
 def test_ensure_spatial_dims_drops_trailing_singletons_only(as_meta):
     volume = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3, 1)  # a single-frame DICOM as ITK loads it
     affine = torch.diag(torch.tensor([0.5, 0.25, 2.0, 1.0], dtype=torch.float64))
-    img = MetaTensor(torch.from_numpy(volume), affine=affine) if as_meta else volume
+    meta = {"spatial_shape": np.array([5, 3, 1])}  # what the reader records
+    img = MetaTensor(torch.from_numpy(volume), affine=affine, meta=meta) if as_meta else volume
     out = EnsureSpatialDims(2)(img)
     np.testing.assert_array_equal(np.asarray(out), volume[..., 0])
     if as_meta:  # the third spatial axis leaves the affine too: pixel spacings 0.5 and 0.25 stay
         np.testing.assert_allclose(np.asarray(out.affine), np.diag([0.5, 0.25, 1.0]))
+        # and the recorded input shape, which MONAI Label's Restored resizes the prediction to
+        assert list(out.meta["spatial_shape"]) == [5, 3]
     already_2d = volume[..., 0]
     np.testing.assert_array_equal(np.asarray(EnsureSpatialDims(2)(already_2d)), already_2d)
     d = EnsureSpatialDimsd(["image", "label"])({"image": volume, "label": volume > 10})

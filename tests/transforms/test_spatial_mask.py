@@ -1,7 +1,7 @@
-"""Tests of usfm_monai.transforms.spatial_mask (USFM eq. 2).
+"""Tests of usfm_monai.transforms.spatial_mask (USFM eq. 2) and of its core functions in masking.py.
 
 Oracles: the pixel mask is rebuilt from the drawn block grid with explicit slicing, the fill value is the
-numpy per-channel mean of the input, and the draws are replayed from a numpy RandomState seeded alike.
+numpy per-channel mean of the input, and the draws are replayed from a torch.Generator seeded alike.
 """
 
 from __future__ import annotations
@@ -13,14 +13,18 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from masking_oracles import DEVICES, DTYPES, INPUT_TYPES, make_input, oracle_pixel_mask, to_numpy, tol
-from usfm_monai.transforms.spatial_mask import (
-    RandSpatialMeanMask,
-    RandSpatialMeanMaskd,
-    block_grid_to_pixel_mask,
-    draw_block_grids,
-    spatial_mean_mask,
+from masking_oracles import (
+    DEVICES,
+    DTYPES,
+    INPUT_TYPES,
+    make_input,
+    oracle_pixel_mask,
+    seeded_like_transform,
+    to_numpy,
+    tol,
 )
+from usfm_monai.transforms.masking import block_grid_to_pixel_mask, draw_block_grids, spatial_mean_mask
+from usfm_monai.transforms.spatial_mask import RandSpatialMeanMask, RandSpatialMeanMaskd
 
 SHAPES = [pytest.param((2, 45, 37), 16, id="2x45x37-b16"), pytest.param((1, 64, 64), 16, id="1x64x64-b16")]
 
@@ -35,11 +39,11 @@ def test_masked_blocks_hold_mean_and_rest_untouched(kind, dtype, shape, block):
     t.set_random_state(3)
     out = t(make_input(img, kind))
     c, h, w = shape
-    grid = t.block_grid
+    grid = to_numpy(t.block_grid)
     assert grid.shape == (math.ceil(h / block), math.ceil(w / block)) and grid.dtype == bool
     assert grid.any() and not grid.all()  # the seed gives a mixed draw, so both branches are checked
     mask = oracle_pixel_mask(grid, h, w, block)
-    np.testing.assert_array_equal(t.pixel_mask((h, w)), mask)
+    np.testing.assert_array_equal(to_numpy(t.pixel_mask((h, w))), mask)
     out_np = to_numpy(out)
     mean = img.astype(np.float64).mean(axis=(1, 2))
     for ch in range(c):
@@ -47,12 +51,12 @@ def test_masked_blocks_hold_mean_and_rest_untouched(kind, dtype, shape, block):
         np.testing.assert_array_equal(out_np[ch][~mask], img[ch][~mask])
 
 
-def test_draw_replays_randomstate():
+def test_draw_replays_generator_seeded_from_randomstate():
     t = RandSpatialMeanMask(block_size=8, mask_ratio=0.3)
     t.set_random_state(11)
     t(np.zeros((1, 20, 30), dtype=np.float32))
-    expected = np.random.RandomState(11).random_sample((3, 4)) < 0.3
-    np.testing.assert_array_equal(t.block_grid, expected)
+    expected = torch.rand((1, 3, 4), generator=seeded_like_transform(11))[0] < 0.3
+    assert torch.equal(t.block_grid, expected)
 
 
 def test_edge_blocks_are_partial():
@@ -70,7 +74,7 @@ def test_mask_fraction_matches_ratio():
     fractions = []
     for _ in range(2000):
         t.randomize(img)
-        fractions.append(t.block_grid.mean())
+        fractions.append(t.block_grid.double().mean().item())
     assert abs(np.mean(fractions) - 0.4) < 0.01  # binomial std ~0.002
 
 
@@ -166,7 +170,7 @@ def test_dict_matches_array_and_shares_draw(kind):
     ta = RandSpatialMeanMask(block_size=16, mask_ratio=0.5).set_random_state(9)
     np.testing.assert_array_equal(to_numpy(d["image"]), to_numpy(ta(img)))
     np.testing.assert_array_equal(to_numpy(d["other"]), to_numpy(ta(other, randomize=False)))  # same grid, own mean
-    np.testing.assert_array_equal(td.masker.block_grid, ta.block_grid)
+    np.testing.assert_array_equal(to_numpy(td.masker.block_grid), to_numpy(ta.block_grid))
     mask = to_numpy(d["mask"])
     assert mask.shape == (1, 45, 37) and d["mask"].dtype == torch.float32
     np.testing.assert_array_equal(mask[0] == 1, oracle_pixel_mask(ta.block_grid, 45, 37, 16))
@@ -198,7 +202,7 @@ def test_dict_set_random_state_reaches_inner():
 def test_block_grid_to_pixel_mask_numpy_and_torch_batched():
     grids = np.random.default_rng(7).random((3, 4, 4)) < 0.5
     expected = np.stack([oracle_pixel_mask(g, 40, 50, 13) for g in grids])
-    np.testing.assert_array_equal(block_grid_to_pixel_mask(grids, (40, 50), 13), expected)
+    np.testing.assert_array_equal(to_numpy(block_grid_to_pixel_mask(grids, (40, 50), 13)), expected)
     np.testing.assert_array_equal(to_numpy(block_grid_to_pixel_mask(torch.as_tensor(grids), (40, 50), 13)), expected)
     with pytest.raises(ValueError, match="does not fit"):
         block_grid_to_pixel_mask(grids, (60, 50), 13)

@@ -14,26 +14,36 @@ validates the whole list up front (required keys, referenced files, and with ``v
 readable 8-bit image: :mod:`usfm_monai.data.checks`), and :func:`resolve_datalist` checks classification labels
 against the classes, so a bad dataset fails before a loader is built, naming the item (MONAI's ``Workflow.run``
 only warns on an empty loader; a bad file would fail in a DataLoader worker without its path).
+
+The ``"synthetic"`` default is generated into the bundle by :mod:`usfm_monai.data.synthetic`. The bundles ask for it
+with ``resolve_datalist(..., defer=True)``, which returns a :class:`DeferredDatalist`: its length and items are
+known (and checked) from the generation parameters, and the images are only written when something first reads an
+item, or when the bundle's ``run`` step calls :func:`materialize`. So parsing a config, or building a ``Dataset``
+and its ``DataLoader`` (``ConfigWorkflow.check_properties()``), writes nothing; a ``CacheDataset`` or an
+organ-balanced sampler reads the items, so it generates them.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from monai.config import PathLike
 
-from usfm_monai.bundle import ensure_bool
 from usfm_monai.data.checks import find_unreadable_files
+from usfm_monai.data.synthetic import ensure_synthetic_dataset, synthetic_datalist
 from usfm_monai.io import read_json, save_json_atomic
+from usfm_monai.utils import ensure_bool
 
 __all__ = [
     "TASK_REQUIRED_KEYS",
     "PATH_KEYS",
     "TASK_PATH_KEYS",
+    "DeferredDatalist",
     "check_class_labels",
     "load_datalist",
+    "materialize",
     "resolve_datalist",
     "write_datalist",
 ]
@@ -129,6 +139,33 @@ def load_datalist(
             f"Section {section!r} of datalist {datalist_file} must be a list of items, got {type(items).__name__}."
         )
     base = os.path.abspath(os.fspath(base_dir)) if base_dir is not None else os.path.dirname(datalist_file)
+    out, missing = _resolve_items(items, section, datalist_file, base, required_keys, path_keys, check_files)
+    if missing:
+        listed = "\n  ".join(missing[:_MAX_LISTED])
+        raise FileNotFoundError(
+            f"{len(missing)} file(s) referenced by section {section!r} of {datalist_file} do not exist "
+            f"(paths resolved against {base}); the first {min(len(missing), _MAX_LISTED)}:\n  {listed}"
+        )
+    if verify_files:
+        problems = find_unreadable_files(out, path_keys, where=f"section {section!r} of {datalist_file}")
+        if problems:
+            raise ValueError(
+                f"{len(problems)} file(s) referenced by section {section!r} of {datalist_file} are not readable "
+                f"8-bit images:{_listed(problems)}\nFix or remove these items (check_files=False skips this check)."
+            )
+    return out
+
+
+def _resolve_items(
+    items: Sequence[Any],
+    section: str,
+    datalist_file: str,
+    base: str,
+    required_keys: Sequence[str],
+    path_keys: Sequence[str],
+    check_files: bool,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The items of one section with checked keys and absolute paths, and the referenced paths that are missing."""
     out: list[dict[str, Any]] = []
     missing: list[str] = []
     for index, item in enumerate(items):
@@ -155,20 +192,7 @@ def load_datalist(
                 paths = resolved[key] if isinstance(resolved[key], list) else [resolved[key]]
                 missing += [p for p in paths if isinstance(p, str) and not os.path.exists(p)]
         out.append(resolved)
-    if missing:
-        listed = "\n  ".join(missing[:_MAX_LISTED])
-        raise FileNotFoundError(
-            f"{len(missing)} file(s) referenced by section {section!r} of {datalist_file} do not exist "
-            f"(paths resolved against {base}); the first {min(len(missing), _MAX_LISTED)}:\n  {listed}"
-        )
-    if verify_files:
-        problems = find_unreadable_files(out, path_keys, where=f"section {section!r} of {datalist_file}")
-        if problems:
-            raise ValueError(
-                f"{len(problems)} file(s) referenced by section {section!r} of {datalist_file} are not readable "
-                f"8-bit images:{_listed(problems)}\nFix or remove these items (check_files=False skips this check)."
-            )
-    return out
+    return out, missing
 
 
 def _find_datalist(datalist_file: PathLike, dataset_dir: str) -> str:
@@ -250,7 +274,8 @@ def resolve_datalist(
     check_files: bool = True,
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
-) -> list[dict[str, Any]]:
+    defer: bool = False,
+) -> list[dict[str, Any]] | DeferredDatalist:
     """The validated items of one datalist section, from a real dataset or the synthetic default.
 
     - ``dataset_dir == "synthetic"``: the synthetic dataset for ``task`` is generated on first use into
@@ -276,9 +301,14 @@ def resolve_datalist(
             must still exist).
         num_classes, class_names: classification only: the labels are checked against them
             (:func:`check_class_labels`); ``label`` is a class index there, never a path.
+        defer: for the synthetic default, return a :class:`DeferredDatalist` that generates the dataset when an
+            item is first read (or on :func:`materialize`) instead of now; its items, the parameters and the labels
+            are still checked now. A real dataset is always loaded and checked now. The bundles pass ``True``, so
+            that reading a config (``check_properties``) writes nothing.
 
     Returns:
-        list of dicts with absolute paths, validated by :func:`load_datalist`.
+        list of dicts with absolute paths, validated by :func:`load_datalist` (or, with ``defer``, a
+        :class:`DeferredDatalist` of the same items).
 
     Raises:
         ValueError: unknown ``task``, ``synthetic_dir`` missing for the synthetic dataset, an unreadable file
@@ -297,8 +327,10 @@ def resolve_datalist(
                 'dataset_dir="synthetic" needs synthetic_dir, the folder to generate the synthetic dataset into '
                 "(e.g. <bundle>/data/synthetic_<task>)."
             )
-        from usfm_monai.data.synthetic import ensure_synthetic_dataset
-
+        if ensure_bool("defer", defer):
+            return DeferredDatalist(
+                synthetic_dir, section, task, keys, synthetic_kwargs, verify, num_classes, class_names
+            )
         path = ensure_synthetic_dataset(os.fspath(synthetic_dir), task, **dict(synthetic_kwargs or {}))
         items = load_datalist(path, section, base_dir=os.path.dirname(path), **options)
     else:
@@ -313,6 +345,129 @@ def resolve_datalist(
     if task == "classification" and "label" in keys:
         check_class_labels(items, num_classes, class_names, where=f"section {section!r} of {path}")
     return items
+
+
+class DeferredDatalist(Sequence):
+    """One section of the synthetic default dataset, generated on first use rather than when a config is read.
+
+    Made by ``resolve_datalist("synthetic", ..., defer=True)``. On creation it computes the section's items from the
+    generation parameters (:func:`usfm_monai.data.synthetic.synthetic_datalist`: absolute paths, ``organ``,
+    ``label``, ``class_name``; nothing is rendered or written) and checks them as :func:`resolve_datalist` would
+    (required keys, classification labels), so a bad setting fails when the config is read.
+
+    - ``len()`` is known without touching the disk, so a MONAI ``Dataset`` and its ``DataLoader`` (shuffling or
+      distributed samplers included) can be built, as ``ConfigWorkflow.check_properties()`` does, before any
+      image exists.
+    - Reading items (indexing, how a dataset reads one; iteration; equality) and :meth:`materialize` make sure
+      the files exist first: the dataset is generated into ``synthetic_dir`` (or reused) by
+      :func:`usfm_monai.data.synthetic.ensure_synthetic_dataset` (idempotent, atomic, safe across processes and
+      DDP ranks) and its ``datalist.json`` is loaded and checked by :func:`resolve_datalist` (``check_files``),
+      with the same errors as before; then the checked items are served. A ``CacheDataset``, which reads every
+      item when built, or an organ-balanced sampler, which reads every item's organ, therefore generates it.
+
+    The bundles' ``run`` step calls :func:`materialize`, so the files are written by the main process before the
+    loaders start their workers.
+
+    Args:
+        synthetic_dir, section, task, required_keys, synthetic_kwargs, check_files, num_classes, class_names: see
+            :func:`resolve_datalist`.
+
+    Raises:
+        ValueError: bad generation parameters or classification labels.
+        KeyError: an unknown section, or an item without a required key.
+    """
+
+    def __init__(
+        self,
+        synthetic_dir: PathLike,
+        section: str = "training",
+        task: str = "pretrain",
+        required_keys: Sequence[str] | None = None,
+        synthetic_kwargs: Mapping[str, Any] | None = None,
+        check_files: bool = True,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        if task not in TASK_REQUIRED_KEYS:
+            raise ValueError(f"task must be one of {tuple(TASK_REQUIRED_KEYS)}, got {task!r}.")
+        self.synthetic_dir = os.path.abspath(os.fspath(synthetic_dir))
+        self.section = section
+        self.task = task
+        self.required_keys = TASK_REQUIRED_KEYS[task] if required_keys is None else tuple(required_keys)
+        self.synthetic_kwargs = dict(synthetic_kwargs or {})
+        self.check_files = ensure_bool("check_files", check_files)
+        self.num_classes = num_classes
+        self.class_names = None if class_names is None else list(class_names)
+        plan_kwargs = {k: v for k, v in self.synthetic_kwargs.items() if k != "timeout"}
+        sections = synthetic_datalist(task, **plan_kwargs)
+        path = os.path.join(self.synthetic_dir, "datalist.json")
+        if section not in sections:
+            raise KeyError(
+                f"Section {section!r} not found in datalist {path}; available sections: {sorted(sections)}."
+            )
+        self._planned, _ = _resolve_items(
+            sections[section], section, path, self.synthetic_dir, self.required_keys, TASK_PATH_KEYS[task], False
+        )
+        if task == "classification" and "label" in self.required_keys:
+            check_class_labels(self._planned, num_classes, self.class_names, where=f"section {section!r} of {path}")
+        self._items: list[dict[str, Any]] | None = None
+
+    @property
+    def materialized(self) -> bool:
+        """Whether this process has generated (or found) and checked the files."""
+        return self._items is not None
+
+    def materialize(self) -> DeferredDatalist:
+        """Generate the dataset (or reuse it) and load and check its section; idempotent. Returns ``self``."""
+        if self._items is None:
+            items = resolve_datalist(
+                "synthetic", None, self.section, self.task, self.synthetic_dir, self.required_keys,
+                self.synthetic_kwargs, self.check_files, self.num_classes, self.class_names,
+            )
+            if items != self._planned:
+                raise RuntimeError(
+                    f"the synthetic dataset in {self.synthetic_dir} does not hold the planned items of section "
+                    f"{self.section!r} ({len(items)} items, {len(self._planned)} planned); this is a bug in "
+                    "usfm_monai.data.synthetic."
+                )
+            self._items = items
+        return self
+
+    def __len__(self) -> int:
+        return len(self._planned)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.materialize()._items)  # type: ignore[arg-type]
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.materialize()._items[index]  # type: ignore[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (DeferredDatalist, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        state = "generated" if self.materialized else "not generated yet"
+        return (
+            f"DeferredDatalist(task={self.task!r}, section={self.section!r}, synthetic_dir={self.synthetic_dir!r}, "
+            f"{len(self)} items, {state})"
+        )
+
+
+def materialize(*objects: Any) -> None:
+    """Generate the deferred synthetic data behind ``objects`` now (the bundles call it in their ``run`` step).
+
+    Each object is a :class:`DeferredDatalist`, or a dataset (or other object) whose ``data`` attribute is one;
+    anything else (a real datalist, a dataset over one, ``None``) is left alone. Calling it in the main process
+    before the loaders start writes the files once, instead of in the first DataLoader worker that reads an item.
+    """
+    for obj in objects:
+        data = obj if isinstance(obj, DeferredDatalist) else getattr(obj, "data", None)
+        if isinstance(data, DeferredDatalist):
+            data.materialize()
 
 
 def _relative(value: Any, base_dir: str) -> Any:

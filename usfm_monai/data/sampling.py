@@ -29,7 +29,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from usfm_monai.bundle import ensure_bool
+from usfm_monai.utils import ensure_bool
 
 __all__ = ["organ_balanced_weights", "expected_organ_shares", "get_organs", "create_sampler"]
 

@@ -42,6 +42,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from usfm_monai.networks.cyclegan import FrozenUSFMBranch, ImagePool
+from usfm_monai.networks.weights import unwrap_model
 
 __all__ = ["CycleGANKeys", "PrepareBatchImageTarget", "CycleGANTrainer", "cyclegan_lr_lambda"]
 
@@ -375,7 +376,7 @@ class CycleGANTrainer(Trainer):
         """Engine counters plus each stateful object's ``state_dict()`` (tensors and plain containers only)."""
         state = super().state_dict()
         for key in self._stateful_keys:
-            state[key] = getattr(state[key], "module", state[key]).state_dict()  # DDP-unwrapped: resumable anywhere
+            state[key] = unwrap_model(state[key]).state_dict()  # DDP/compile-unwrapped: resumable anywhere
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
@@ -393,7 +394,7 @@ class CycleGANTrainer(Trainer):
         merged = dict(state_dict)
         for key in self._stateful_keys:
             live = getattr(self.state, key)
-            getattr(live, "module", live).load_state_dict(state_dict[key])
+            unwrap_model(live).load_state_dict(state_dict[key])
             merged[key] = live  # the base class assigns these attributes; keep the live objects there
         super().load_state_dict(merged)
 

@@ -19,7 +19,7 @@ import torch
 from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 
-from usfm_monai.bundle import ensure_bool
+from usfm_monai.utils import ensure_bool
 
 __all__ = [
     "AMP_DTYPES",

@@ -22,6 +22,7 @@ from usfm_monai.handlers.enhancement import (
 )
 from usfm_monai.handlers.export import EncoderExport
 from usfm_monai.handlers.figures import ReconstructionFigures, masked_views
+from usfm_monai.handlers.linear_probe_head import LinearProbeHeadInit
 from usfm_monai.handlers.metric_summary import MetricSummary
 from usfm_monai.handlers.nan_guard import NaNGuard
 from usfm_monai.handlers.probe import RepresentationProbe
@@ -36,6 +37,7 @@ __all__ = [
     "CheckpointLoader",
     "EncoderExport",
     "GeneratorState",
+    "LinearProbeHeadInit",
     "MetricSummary",
     "NaNGuard",
     "ProgressBar",

@@ -21,8 +21,9 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-from usfm_monai.bundle import ensure_bool, is_main_process
 from usfm_monai.io import load_torch_file, save_torch_atomic
+from usfm_monai.networks.weights import unwrap_model
+from usfm_monai.utils import ensure_bool, is_main_process
 
 __all__ = [
     "state_dicts",
@@ -34,10 +35,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _unwrap(obj: Any) -> Any:
-    return obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
 
 
 def _rank() -> int:
@@ -162,7 +159,7 @@ def state_dicts(objects: Mapping[str, Any]) -> dict[str, Any]:
         obj = _checkpointable(obj)
         if not hasattr(obj, "state_dict"):
             raise TypeError(f"checkpoint entry '{name}' has no state_dict(): got {type(obj).__name__}.")
-        out[name] = _unwrap(obj).state_dict()
+        out[name] = unwrap_model(obj).state_dict()
     return out
 
 
@@ -314,7 +311,7 @@ class TrainingCheckpoint:
                 "or set resume to false."
             ) from e
         self._check_settings(checkpoint)
-        objects = {k: _unwrap(v) for k, v in self._objects(engine).items() if k in checkpoint}
+        objects = {k: unwrap_model(v) for k, v in self._objects(engine).items() if k in checkpoint}
         missing = sorted(set(self._objects(engine)) - set(checkpoint))
         if missing:
             logger.warning(f"checkpoint {self.path} has no entries for {missing}; they keep their initial state.")

@@ -29,13 +29,13 @@ from ignite.engine import Engine, Events
 from monai.handlers import from_engine
 from monai.utils import string_list_all_gather
 
-from usfm_monai.bundle import is_main_process
 from usfm_monai.io import save_text_atomic
 from usfm_monai.metrics import (
     CLASSIFICATION_METRICS,
     ClassificationMetric,
     classification_metrics,
 )
+from usfm_monai.utils import is_main_process
 from usfm_monai.visualize import save_png_atomic
 
 __all__ = [

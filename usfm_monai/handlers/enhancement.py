@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 
-from usfm_monai.bundle import is_main_process
+from usfm_monai.utils import is_main_process
 from usfm_monai.visualize import save_png_atomic
 
 __all__ = ["side_by_side", "load_target_image", "SideBySideWriter"]

@@ -8,8 +8,8 @@ import os
 import torch
 from ignite.engine import Engine, Events
 
-from usfm_monai.bundle import is_main_process
-from usfm_monai.networks.mim import export_encoder
+from usfm_monai.networks.weights import export_encoder
+from usfm_monai.utils import is_main_process
 
 __all__ = ["EncoderExport"]
 
@@ -23,7 +23,7 @@ class EncoderExport:
     to a trainer (export at ``COMPLETED``). Only the main rank writes.
 
     Args:
-        network: a ``USFMMaskedImageModel`` (possibly DDP-wrapped).
+        network: a ``USFMMaskedImageModel`` (possibly DDP-wrapped or compiled).
         filepath: destination, e.g. ``<bundle>/models/usfm_encoder.pt``.
     """
 
@@ -38,10 +38,9 @@ class EncoderExport:
         if not is_main_process():
             return
         os.makedirs(os.path.dirname(os.path.abspath(self.filepath)), exist_ok=True)
-        network = getattr(self.network, "module", self.network)
         extra = {"epoch": int(engine.state.epoch)}
         best = getattr(engine.state, "best_metric", None)
         if best is not None and best != -1:
             extra["best_metric"] = float(best)
-        path = export_encoder(network, self.filepath, config=extra)
+        path = export_encoder(self.network, self.filepath, config=extra)  # unwraps DDP / compile
         logger.info(f"exported the USFM encoder (epoch {engine.state.epoch}) to {path}")

@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys as Keys
 
-from usfm_monai.bundle import is_main_process
 from usfm_monai.transforms.dual_mask import BatchedDualDomainMask, DualMaskDraws
-from usfm_monai.transforms.spatial_mask import block_grid_to_pixel_mask
+from usfm_monai.utils import is_main_process
 from usfm_monai.visualize import reconstruction_figure, save_png_atomic
 
 __all__ = ["masked_views", "ReconstructionFigures"]
@@ -20,26 +21,22 @@ __all__ = ["masked_views", "ReconstructionFigures"]
 logger = logging.getLogger(__name__)
 
 
-def masked_views(
-    masker: BatchedDualDomainMask, images: torch.Tensor, generator: torch.Generator | None = None
-) -> dict[str, torch.Tensor]:
-    """The intermediate images of one dual-masking draw, for figures.
+def masked_views(masker: BatchedDualDomainMask, images: torch.Tensor, masks: DualMaskDraws) -> dict[str, torch.Tensor]:
+    """The intermediate images of given dual-mask draws, for figures (nothing is drawn here).
 
     Args:
-        masker: the batched dual-domain mask used in training.
+        masker: the batched dual-domain mask used in training (its geometry).
         images: ``(B, C, H, W)`` originals in ``[0, 1]``.
-        generator: draws the masks (seed it for the same masks every epoch).
+        masks: the draws the images were masked with, e.g. ``DualMaskPrepareBatch.masks``.
 
     Returns:
         ``spatial_mask`` ``(B, 1, H, W)`` (1 = block filled with the mean), ``frequency_masked`` (band-stopped
         image, no spatial mask), ``dual_masked`` (the network input, eq. 8), each ``(B, C, H, W)`` float.
     """
-    draws = masker.draw(images.shape[0], tuple(images.shape[-2:]), generator=generator, device=images.device)
-    dual = masker.apply(images, draws)
-    frequency_only = DualMaskDraws(block_grids=torch.zeros_like(draws.block_grids), band_ids=draws.band_ids)
+    dual, spatial = masker.apply(images, masks, return_masks=True)
+    frequency_only = DualMaskDraws(block_grids=torch.zeros_like(masks.block_grids), band_ids=masks.band_ids)
     frequency_masked = masker.apply(images, frequency_only)
-    spatial = block_grid_to_pixel_mask(draws.block_grids, tuple(images.shape[-2:]), masker.block_size)
-    return {"spatial_mask": spatial[:, None].float(), "frequency_masked": frequency_masked, "dual_masked": dual}
+    return {"spatial_mask": spatial.float(), "frequency_masked": frequency_masked, "dual_masked": dual}
 
 
 def _names(images: torch.Tensor, start: int) -> list[str]:
@@ -52,52 +49,44 @@ def _names(images: torch.Tensor, start: int) -> list[str]:
 class ReconstructionFigures:
     """Write original | spatial mask | frequency mask | dual-masked input | reconstruction | spectra figures.
 
-    Attach to an evaluator whose batches hold the originals under ``image_key``.
+    Attach to an evaluator whose ``prepare_batch`` is a :class:`~usfm_monai.engines.DualMaskPrepareBatch`. The
+    figures show what the evaluator itself did, after each forward pass:
+    the masks the prepare-batch drew (:attr:`DualMaskPrepareBatch.masks`), the masked input, the original and
+    the network output of ``engine.state.output``, taken at ``IterationEvents.FORWARD_COMPLETED``, before
+    MONAI decollates the output and runs the postprocessing. Nothing is drawn again, the network is not run again.
 
-    - ``per_image=False`` (validation): the first ``num_images`` images of the first batch are masked with a
-      generator re-seeded from ``seed`` (the same masks every epoch, so figures are comparable over training)
-      and reconstructed by ``network`` at every ``EPOCH_COMPLETED``; the figure goes to
-      ``<output_dir>/reconstruction_epoch<NNNN>.png`` and, with ``log_dir``, to TensorBoard.
+    - ``per_image=False`` (validation): the first ``num_images`` images of the first batch; the figure goes to
+      ``<output_dir>/reconstruction_epoch<NNNN>.png`` at ``EPOCH_COMPLETED`` and, with ``log_dir``, to
+      TensorBoard. A ``deterministic`` validation prepare-batch masks them alike every epoch, so figures are
+      comparable over training.
     - ``per_image=True`` (inference): every image of every batch gets its own figure,
       ``<output_dir>/<image name>_reconstruction.png``.
 
     Args:
-        network: the masked image model, ``(B, C, H, W) -> (B, C, H, W)`` (DDP wrappers are unwrapped).
-        masker: the batched dual-domain mask.
         output_dir: folder of the PNG files.
         num_images: rows of the validation figure.
         log_dir: TensorBoard folder (``None``: PNG only).
-        seed: mask seed.
         per_image: inference mode, see above.
-        image_key: batch key of the originals.
         transpose: show ``(W, H)`` arrays upright. MONAI's PIL reader (the default for PNG/JPG) loads 2-D images
             as ``(W, H)``; the figure transposes them back so anatomy appears as in the file.
     """
 
     def __init__(
         self,
-        network: torch.nn.Module,
-        masker: BatchedDualDomainMask,
         output_dir: str,
         num_images: int = 4,
         log_dir: str | None = None,
-        seed: int = 0,
         per_image: bool = False,
-        image_key: str = "image",
         transpose: bool = True,
     ) -> None:
         if num_images < 1:
             raise ValueError(f"num_images must be a positive integer, got {num_images}.")
-        self.network = network
-        self.masker = masker
         self.output_dir = output_dir
         self.num_images = num_images
         self.log_dir = log_dir
-        self.seed = seed
         self.per_image = per_image
-        self.image_key = image_key
         self.transpose = transpose
-        self._images: torch.Tensor | None = None
+        self._panels: tuple[list[str], tuple[torch.Tensor, ...]] | None = None
         self._writer: Any = None
         self._count = 0
 
@@ -105,53 +94,46 @@ class ReconstructionFigures:
         if not is_main_process():
             return
         if self.per_image:
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self._figure_per_image)
+            engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._figure_per_image)
         else:
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self._keep_first_batch)
+            engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._keep_first_batch)
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._figure_for_epoch)
 
-    def _batch_images(self, engine: Engine) -> torch.Tensor:
-        batch = engine.state.batch
-        if isinstance(batch, (list, tuple)):  # MONAI engines decollate the batch after the model step
-            from monai.data import list_data_collate
+    def panels(self, engine: Engine, count: int | None = None) -> tuple[list[str], tuple[torch.Tensor, ...]]:
+        """Names and the five image panels of the first ``count`` images of the batch just run, on the CPU.
 
-            batch = list_data_collate([{self.image_key: item[self.image_key]} for item in batch])
-        return batch[self.image_key]
+        Panels: original, spatial mask, frequency-masked, dual-masked (the network input), reconstruction.
 
-    def _keep_first_batch(self, engine: Engine) -> None:
-        if engine.state.iteration == 1 or self._images is None:
-            self._images = self._batch_images(engine)[: self.num_images].detach().clone()
-
-    @torch.no_grad()
-    def _render(self, images: torch.Tensor, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        network = getattr(self.network, "module", self.network)
-        was_training = network.training
-        network.eval()
-        try:
-            images = images.to(device)
-            generator = torch.Generator().manual_seed(self.seed)
-            views = masked_views(self.masker, images, generator)
-            recon = network(views["dual_masked"]).float().clamp(0, 1)
-        finally:
-            network.train(was_training)
-        return views, recon
+        Raises:
+            TypeError: the engine's ``prepare_batch`` keeps no masks (it is not a ``DualMaskPrepareBatch``).
+        """
+        prepare = getattr(engine, "prepare_batch", None)
+        masks = getattr(prepare, "masks", None)
+        if not isinstance(masks, DualMaskDraws):
+            raise TypeError(
+                "ReconstructionFigures needs an engine whose prepare_batch is a DualMaskPrepareBatch that has "
+                f"masked a batch, got {type(prepare).__name__}."
+            )
+        output = engine.state.output
+        original, masked, pred = output[Keys.LABEL], output[Keys.IMAGE], output[Keys.PRED]
+        n = original.shape[0] if count is None else min(count, original.shape[0])
+        names = _names(original, self._count)[:n]
+        views = masked_views(prepare.masker, original[:n], masks[:n])
+        panels = (original[:n], views["spatial_mask"], views["frequency_masked"], masked[:n], pred[:n].clamp(0, 1))
+        return names, tuple(p.detach().float().cpu() for p in panels)
 
     def _upright(self, *panels: torch.Tensor) -> list[torch.Tensor]:
-        return [p.detach().float().cpu().transpose(-1, -2) if self.transpose else p.detach().float().cpu() for p in panels]
+        return [p.transpose(-1, -2) if self.transpose else p for p in panels]
 
-    def _device(self, engine: Engine) -> torch.device:
-        device = getattr(engine.state, "device", None) or getattr(engine, "device", None)
-        return torch.device(device) if device is not None else next(self.network.parameters()).device
+    def _keep_first_batch(self, engine: Engine) -> None:
+        if engine.state.iteration == 1 or self._panels is None:
+            self._panels = self.panels(engine, self.num_images)
 
     def _figure_for_epoch(self, engine: Engine) -> None:
-        if self._images is None:
+        if self._panels is None:
             return
-        images = torch.as_tensor(self._images)
-        views, recon = self._render(images, self._device(engine))
-        rgb = reconstruction_figure(
-            *self._upright(images, views["spatial_mask"], views["frequency_masked"], views["dual_masked"], recon),
-            titles=_names(self._images, 0),
-        )
+        names, panels = self._panels
+        rgb = reconstruction_figure(*self._upright(*panels), titles=names)
         epoch = engine.state.epoch
         path = save_png_atomic(rgb, os.path.join(self.output_dir, f"reconstruction_epoch{epoch:04d}.png"))
         logger.info(f"reconstruction figure: {path}")
@@ -164,10 +146,8 @@ class ReconstructionFigures:
             self._writer.flush()
 
     def _figure_per_image(self, engine: Engine) -> None:
-        images = self._batch_images(engine)
-        views, recon = self._render(torch.as_tensor(images), self._device(engine))
-        for i, name in enumerate(_names(images, self._count)):
-            panels = (images, views["spatial_mask"], views["frequency_masked"], views["dual_masked"], recon)
+        names, panels = self.panels(engine)
+        for i, name in enumerate(names):
             rgb = reconstruction_figure(*self._upright(*(p[i : i + 1] for p in panels)), titles=[name])
             save_png_atomic(rgb, os.path.join(self.output_dir, f"{name}_reconstruction.png"))
-        self._count += images.shape[0]
+        self._count += len(names)

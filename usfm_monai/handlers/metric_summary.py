@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from usfm_monai.bundle import is_main_process
 from usfm_monai.io import save_json_atomic
 from usfm_monai.metrics import summarize
+from usfm_monai.utils import is_main_process
 
 __all__ = ["MetricSummary"]
 
@@ -82,8 +82,10 @@ class MetricSummary:
             arr = torch.as_tensor(values, dtype=torch.float64).cpu().numpy()
             arr = arr.reshape(arr.shape[0], -1)
             # an image's value is the mean over its defined channels; NaN only when none is defined
-            with np.errstate(all="ignore"):
-                per_image[name] = np.where(np.isnan(arr).all(1), np.nan, np.nanmean(arr, axis=1))
+            defined = ~np.isnan(arr)
+            total = np.where(defined, arr, 0.0).sum(1)
+            count = defined.sum(1)
+            per_image[name] = np.divide(total, count, out=np.full(len(arr), np.nan), where=count > 0)
             summary["metrics"][name] = _summary(per_image[name])
         if self.group_key is not None:
             n = len(next(iter(per_image.values())))

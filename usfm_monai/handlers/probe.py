@@ -11,7 +11,8 @@ import torch
 from ignite.engine import Engine, Events
 from monai.config import PathLike
 
-from usfm_monai.bundle import is_main_process
+from usfm_monai.networks.weights import find_encoder
+from usfm_monai.utils import is_main_process
 
 __all__ = ["RepresentationProbe"]
 
@@ -76,8 +77,7 @@ class RepresentationProbe:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def _encoder(self) -> torch.nn.Module:
-        network = getattr(self.network, "module", self.network)
-        return getattr(network, "encoder", network)
+        return find_encoder(self.network)[0]
 
     def _on_started(self, engine: Engine) -> None:
         if engine.state.epoch == 0:  # a fresh run: probe the initialisation as the reference

@@ -8,7 +8,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar as _IgniteProgressBar
 
-from usfm_monai.bundle import is_main_process
+from usfm_monai.utils import is_main_process
 
 __all__ = ["ProgressBar", "every_n_iterations"]
 
@@ -22,7 +22,7 @@ class ProgressBar:
     Args:
         output_transform: maps ``engine.state.output`` to a number or ``{name: number}`` shown in the bar,
             e.g. ``monai.handlers.from_engine(["loss"], first=True)``.
-        desc: bar description.
+        desc: bar description; default ``"Epoch"`` (``"Iteration"`` for a one-epoch engine), as ignite shows.
         persist: keep the bar on screen after each epoch.
         event_name: when the bar is updated.
     """
@@ -42,7 +42,10 @@ class ProgressBar:
     def attach(self, engine: Engine) -> None:
         if not is_main_process():
             return
-        bar = _IgniteProgressBar(persist=self.persist, desc=self.desc)
+        # ignite drops the first "_"-part of every value name, taking it for the tag that `desc` shows instead;
+        # without a desc the bar would read "=0.25" instead of "loss=0.25", so give it ignite's own default label
+        desc = self.desc or ("Epoch" if (engine.state.max_epochs or 1) > 1 else "Iteration")
+        bar = _IgniteProgressBar(persist=self.persist, desc=desc)
         output_transform = self.output_transform
         if output_transform is not None:
             raw = output_transform

@@ -20,7 +20,7 @@ from monai.data import MetaTensor, PILWriter
 from monai.data.folder_layout import FolderLayout
 from monai.visualize.utils import blend_images
 
-from usfm_monai.bundle import is_main_process
+from usfm_monai.utils import is_main_process
 
 __all__ = ["overlay_mask", "SegmentationOverlay"]
 

@@ -8,12 +8,15 @@ from usfm_monai.networks.cyclegan import (
     ResnetGenerator,
 )
 from usfm_monai.networks.encoder import USFMEncoder, create_usfm_encoder
-from usfm_monai.networks.mim import USFMMaskedImageModel, export_encoder
+from usfm_monai.networks.mim import USFMMaskedImageModel
 from usfm_monai.networks.upernet import USFMSegmenter
 from usfm_monai.networks.weights import (
     WeightLoadReport,
     convert_authors_checkpoint,
+    export_encoder,
+    find_encoder,
     load_encoder_weights,
+    unwrap_model,
 )
 
 __all__ = [
@@ -29,5 +32,7 @@ __all__ = [
     "convert_authors_checkpoint",
     "create_usfm_encoder",
     "export_encoder",
+    "find_encoder",
     "load_encoder_weights",
+    "unwrap_model",
 ]

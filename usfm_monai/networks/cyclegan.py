@@ -220,6 +220,13 @@ class ResnetGenerator(nn.Module):
         output_levels: in eval mode, round the output to ``output_levels`` evenly spaced gray levels
             (``round(y * (L - 1)) / (L - 1)``; 256 gives the 8-bit image that inference writes); ``None`` keeps
             the float output. Training mode always returns the float output, so gradients are unchanged.
+        scan_level: with ``residual=True``, correct only inside the scanned area: the correction ``z`` is
+            multiplied by a mask that is 1 within ``scan_dilation // 2`` pixels of an input pixel above
+            ``scan_level`` (an intensity in ``[0, 1]``) and 0 elsewhere, so the black frame around a sector or
+            linear scan keeps its input value. Why: a paired model learns a global brightening that also lifts
+            the frame by a grey level, and local-correlation scores (LNCC) count every such flat-vs-noisy window
+            as uncorrelated. ``None`` (default): no mask.
+        scan_dilation: odd side of the max-pooling window that grows the mask over dark speckle inside the scan.
 
     Raises:
         ValueError: for a non-positive size argument, an unknown ``norm``, ``usfm_channels`` different from the
@@ -241,6 +248,8 @@ class ResnetGenerator(nn.Module):
         usfm_input_size: int | Sequence[int] | None = None,
         residual: bool = False,
         output_levels: int | None = None,
+        scan_level: float | None = None,
+        scan_dilation: int = 7,
     ) -> None:
         super().__init__()
         for name, value, minimum in (
@@ -264,8 +273,14 @@ class ResnetGenerator(nn.Module):
         if output_levels is not None and (not isinstance(output_levels, int) or isinstance(output_levels, bool)
                                           or output_levels < 2):
             raise ValueError(f"output_levels must be None or an int >= 2, got {output_levels!r}.")
+        if scan_level is not None and (not residual or not 0.0 <= float(scan_level) < 1.0):
+            raise ValueError(f"scan_level needs residual=True and a value in [0, 1), got {scan_level!r}.")
+        if not isinstance(scan_dilation, int) or scan_dilation < 1 or scan_dilation % 2 == 0:
+            raise ValueError(f"scan_dilation must be a positive odd int, got {scan_dilation!r}.")
         self.residual = residual
         self.output_levels = output_levels
+        self.scan_level = None if scan_level is None else float(scan_level)
+        self.scan_dilation = scan_dilation
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.n_downsampling = n_downsampling
@@ -379,6 +394,9 @@ class ResnetGenerator(nn.Module):
             mode when that is set.
         """
         z = self.decoder(self.forward_features(x))
+        if self.scan_level is not None:
+            inside = (x.amax(dim=1, keepdim=True) > self.scan_level).to(z.dtype)
+            z = z * F.max_pool2d(inside, self.scan_dilation, stride=1, padding=self.scan_dilation // 2)
         if self.residual:
             y = torch.sigmoid(torch.logit(x.to(z.dtype), eps=_RESIDUAL_EPS) + 2.0 * z)
         else:

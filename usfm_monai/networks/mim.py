@@ -1,4 +1,4 @@
-"""USFM masked image model: encoder E and decoder D of eq. 9, plus the encoder export (layout (a)).
+"""USFM masked image model: encoder E and decoder D of eq. 9 (its encoder is exported by ``export_encoder``).
 
 Pre-training (Jiao et al., arXiv 2401.00153, §3.2.3) reconstructs the WHOLE image from the spatial-frequency
 dual-masked input ``U_dm`` (eq. 8): ``U_rec = D(E(U_dm))`` (eq. 9), supervised by L1 + λ·focal frequency loss
@@ -9,22 +9,19 @@ final-norm patch tokens as a ``(B, D, H/16, W/16)`` map, a 1×1 convolution to `
 
 from __future__ import annotations
 
-import os
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from usfm_monai.io import save_torch_atomic
 from usfm_monai.networks.encoder import (
     USFMEncoder,
     check_encoder_kwargs,
     create_usfm_encoder,
 )
+from usfm_monai.networks.weights import export_encoder  # re-exported: its home is networks.weights
 
 __all__ = ["USFMMaskedImageModel", "export_encoder"]
-
-_PLAIN_SCALARS = (str, int, float, bool, type(None))
 
 
 class USFMMaskedImageModel(nn.Module):
@@ -85,58 +82,3 @@ class USFMMaskedImageModel(nn.Module):
             x, indices=[last], norm=True, output_fmt="NCHW", intermediates_only=True
         )
         return self.decoder(features)  # B, in_chans, H, W
-
-    def encoder_state_dict(self) -> Dict[str, torch.Tensor]:
-        """The encoder's state dict (what :func:`export_encoder` writes)."""
-        return self.encoder.state_dict()
-
-
-def _check_plain(value: Any, where: str) -> Any:
-    """Return ``value`` as plain containers (tuples become lists), or raise naming the offending entry."""
-    if isinstance(value, _PLAIN_SCALARS):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_check_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise TypeError(f"{where}: keys must be str, got {k!r}.")
-            out[k] = _check_plain(v, f"{where}[{k!r}]")
-        return out
-    raise TypeError(f"{where} must hold only str/int/float/bool/None, lists and dicts, got {type(value).__name__}.")
-
-
-def export_encoder(
-    model: nn.Module, path: Union[str, "os.PathLike[str]"], config: Optional[Mapping[str, Any]] = None
-) -> str:
-    """Write the encoder as ``{"state_dict": ..., "config": {...}}`` (layout (a)), atomically.
-
-    The file holds tensors and plain containers only, so it loads with ``torch.load(..., weights_only=True)``
-    and :func:`usfm_monai.networks.weights.load_encoder_weights`. It is written to a temporary file in the same
-    folder and moved into place with ``os.replace``, so ``path`` is never half-written.
-
-    Args:
-        model: a :class:`USFMMaskedImageModel` (or any module with a USFM ``encoder``), or the encoder itself.
-        path: destination file; its folder must exist.
-        config: extra plain metadata (e.g. ``{"epoch": 100}``), merged over the encoder's ``init_config``
-            (``USFMEncoder(**config)`` rebuilds the network when no extra key is given).
-
-    Returns:
-        ``path`` as a string.
-
-    Raises:
-        TypeError: ``model`` has no USFM encoder, or ``config`` is not plain.
-        FileNotFoundError: the destination folder does not exist.
-    """
-    encoder = model if isinstance(model, USFMEncoder) else getattr(model, "encoder", None)
-    if not isinstance(encoder, USFMEncoder):
-        raise TypeError(f"model must be a USFMEncoder or have one as 'encoder', got {type(model).__name__}.")
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"folder of the export path does not exist: {folder!r}.")
-    full_config = _check_plain(dict(encoder.init_config, **dict(config or {})), "config")
-    state = {k: v.detach().to("cpu").clone() for k, v in encoder.state_dict().items()}
-    save_torch_atomic({"state_dict": state, "config": full_config}, path)
-    return path

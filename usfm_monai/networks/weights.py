@@ -1,11 +1,17 @@
-"""Loading encoder weights from every supported checkpoint layout, saying what was done.
+"""The one home of encoder weights: find the encoder, export it, load any supported layout and say what was done.
 
-One entry point, :func:`load_encoder_weights`, accepts:
+- :func:`unwrap_model` strips ``DataParallel`` / ``DistributedDataParallel`` / ``torch.compile`` wrappers and
+  :func:`find_encoder` finds the USFM/BEiT encoder in a model (the model itself or its ``encoder``); every module
+  of the package that needs either imports them from here.
+- :func:`export_encoder` writes layout (a) below.
+- :func:`load_encoder_weights` reads layouts (a)-(c).
 
-(a) our encoder export ``{"state_dict": encoder_state, "config": {...}}`` (``networks.mim.export_encoder``);
+:func:`load_encoder_weights` accepts:
+
+(a) our encoder export ``{"state_dict": encoder_state, "config": {...}}`` (:func:`export_encoder`);
 (b) a training checkpoint holding a whole network whose encoder lives under a prefix, e.g. a MONAI/Ignite
     checkpoint ``{"network": {"encoder.blocks.0...": ...}, "optimizer": ...}`` or ``{"model": ...}``, possibly
-    saved from ``DistributedDataParallel`` (``module.``);
+    saved from ``DistributedDataParallel`` (``module.``) or a ``torch.compile``-d module (``_orig_mod.``);
 (c) the authors' released ``USFM_latest.pth`` (https://github.com/openmedlab/USFM): the encoder-only state dict of a
     BEiT ViT-B/16 pre-trained on 3-channel ImageNet-normalized input, with ONE shared relative position bias
     ``rel_pos_bias.relative_position_bias_table`` (+ index), a ``mask_token`` and the pre-training final ``norm``.
@@ -31,10 +37,14 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from usfm_monai.io import load_torch_file
+from usfm_monai.io import load_torch_file, save_torch_atomic
+from usfm_monai.networks.encoder import USFMEncoder
 
 __all__ = [
     "WeightLoadReport",
+    "unwrap_model",
+    "find_encoder",
+    "export_encoder",
     "load_encoder_weights",
     "checkpoint_filter_fn",
     "convert_authors_checkpoint",
@@ -47,6 +57,9 @@ logger = logging.getLogger(__name__)
 AUTHORS_SHARED_TABLE_KEY = "rel_pos_bias.relative_position_bias_table"
 _ENCODER_SIGNATURE = "patch_embed.proj.weight"
 _TABLE_SUFFIX = ".relative_position_bias_table"
+# Prefixes that wrappers add to every key: DistributedDataParallel / DataParallel, torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_PLAIN_SCALARS = (str, int, float, bool, type(None))
 # Container keys under which training scripts nest a network's state dict (MONAI/Ignite, timm, BEiT, Lightning).
 _CONTAINER_KEYS = ("network", "model", "state_dict", "module", "net", "model_state_dict")
 # BEiT appends 3 rows to the flat table: cls->token, token->cls, cls->cls (timm gen_relative_position_index).
@@ -103,6 +116,112 @@ class WeightLoadReport:
 class _ConversionLog:
     resized: List[str] = field(default_factory=list)
     converted: List[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# models: wrappers, the encoder, export (layout (a))
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def unwrap_model(model: Any) -> Any:
+    """``model`` without its ``DataParallel`` / ``DistributedDataParallel`` / ``torch.compile`` wrappers.
+
+    Anything else (an optimizer, a scheduler, a plain module) is returned as it is, so checkpoint code may pass
+    every object it saves.
+    """
+    for _ in range(8):  # wrappers nest at most a few deep (compile(DDP(model)))
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(model, nn.Module) and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # torch._dynamo OptimizedModule
+        else:
+            break
+    return model
+
+
+def _is_encoder(module: Any) -> bool:
+    return isinstance(module, nn.Module) and hasattr(module, "patch_embed") and hasattr(module, "blocks")
+
+
+def find_encoder(model: nn.Module) -> Tuple[nn.Module, str]:
+    """The USFM/BEiT encoder of ``model`` and its parameter-name prefix inside the unwrapped ``model``.
+
+    Args:
+        model: an encoder (a module with ``patch_embed`` and ``blocks``), or a module holding one as ``encoder``
+            (``USFMClassifier``, ``USFMSegmenter``, ``USFMMaskedImageModel``), possibly wrapped by
+            :func:`unwrap_model`'s wrappers.
+
+    Returns:
+        ``(encoder, "")`` when ``model`` is the encoder, ``(model.encoder, "encoder.")`` otherwise.
+
+    Raises:
+        TypeError: no encoder found.
+    """
+    root = unwrap_model(model)
+    if _is_encoder(root):
+        return root, ""
+    encoder = unwrap_model(getattr(root, "encoder", None))
+    if _is_encoder(encoder):
+        return encoder, "encoder."
+    raise TypeError(
+        f"model must be a USFM/BEiT encoder (with patch_embed and blocks) or have one as its 'encoder' attribute, "
+        f"got {type(root).__name__}."
+    )
+
+
+def _check_plain(value: Any, where: str) -> Any:
+    """Return ``value`` as plain containers (tuples become lists), or raise naming the offending entry."""
+    if isinstance(value, _PLAIN_SCALARS):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_check_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: keys must be str, got {k!r}.")
+            out[k] = _check_plain(v, f"{where}[{k!r}]")
+        return out
+    raise TypeError(f"{where} must hold only str/int/float/bool/None, lists and dicts, got {type(value).__name__}.")
+
+
+def export_encoder(model: nn.Module, path: PathLike, config: Optional[Mapping[str, Any]] = None) -> str:
+    """Write the encoder as ``{"state_dict": ..., "config": {...}}`` (layout (a)), atomically.
+
+    The file holds tensors and plain containers only, so it loads with ``torch.load(..., weights_only=True)``
+    and :func:`load_encoder_weights`. It is written to a temporary file in the same folder and moved into place
+    with ``os.replace``, so ``path`` is never half-written.
+
+    Args:
+        model: a :class:`~usfm_monai.networks.encoder.USFMEncoder` or a model holding one as ``encoder`` (e.g.
+            ``USFMMaskedImageModel``), possibly DDP-wrapped or compiled (:func:`find_encoder`).
+        path: destination file; its folder must exist.
+        config: extra plain metadata (e.g. ``{"epoch": 100}``), merged over the encoder's ``init_config``
+            (``USFMEncoder(**config)`` rebuilds the network when no extra key is given).
+
+    Returns:
+        ``path`` as a string.
+
+    Raises:
+        TypeError: ``model`` has no USFM encoder, or ``config`` is not plain.
+        FileNotFoundError: the destination folder does not exist.
+    """
+    try:
+        encoder = find_encoder(model)[0]
+    except TypeError:
+        encoder = None
+    if not isinstance(encoder, USFMEncoder):
+        raise TypeError(
+            f"model must be a USFMEncoder or have one as 'encoder', got {type(unwrap_model(model)).__name__}."
+        )
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"folder of the export path does not exist: {folder!r}.")
+    full_config = _check_plain(dict(encoder.init_config, **dict(config or {})), "config")
+    state = {k: v.detach().to("cpu").clone() for k, v in encoder.state_dict().items()}
+    save_torch_atomic({"state_dict": state, "config": full_config}, path)
+    return path
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -174,9 +293,10 @@ def resize_rel_pos_bias_table(
     row ``(dy + Wh - 1)·(2Ww - 1) + (dx + Ww - 1)`` (timm ``gen_relative_position_index``), followed by
     ``num_extra_tokens`` class-token rows that are copied unchanged. Each axis is resampled on its own with BEiT's
     geometric offsets (see ``_source_positions``) and linear interpolation, i.e. bilinear on the 2-D table.
-    Unlike ``timm.layers.resize_rel_pos_bias_table`` an unchanged axis is left exactly as it is and non-square
-    source grids are supported; unlike the authors' ``remap_pretrained_keys_vit`` the table is not transposed and
-    no NaN is produced at the border (e.g. 224 -> 256 px).
+    Kept instead of ``timm.layers.resize_rel_pos_bias_table`` (timm 1.0.31): on N(0, 1) tables timm's agrees to
+    1.3e-4 for 224 -> 256 px (14 -> 16 grid), but its ratio search starts at 1.01, so it moves an unchanged axis
+    (max difference 4.0 for 14x14 -> 14x16, where ours is exact) and cannot shrink (4.4 for 14 -> 8). Unlike the
+    authors' ``remap_pretrained_keys_vit`` the table is not transposed and no NaN is produced at the border.
 
     Args:
         table: ``(L_src, num_heads)`` float, ``L_src = (2Wh-1)(2Ww-1) + num_extra_tokens`` of ``src_window``.
@@ -232,14 +352,22 @@ def _infer_window(num_rows: int, fallback: Tuple[int, int], key: str) -> Tuple[i
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _strip_module_prefix(state_dict: Mapping) -> Dict[str, Any]:
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        return {k[len("module.") :]: v for k, v in state_dict.items()}
-    return dict(state_dict)
+def _strip_wrapper_prefixes(state_dict: Mapping) -> Dict[str, Any]:
+    """Drop the ``module.`` (DDP) / ``_orig_mod.`` (``torch.compile``) prefix that ALL keys share, repeatedly."""
+    state = dict(state_dict)
+    while state:
+        prefix = next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
 
 
-def _unwrap_counting(state_dict: Mapping) -> Tuple[Dict[str, Any], int, int]:
-    """Unwrap containers; return ``(state, containers descended, sibling entries left behind)``."""
+def _unwrap_state_dict(state_dict: Mapping) -> Tuple[Dict[str, Any], int, int]:
+    """timm-style unwrapping of ``model`` / ``state_dict`` / ``module`` containers and of the wrapper prefixes.
+
+    Returns ``(state, containers descended, sibling entries left behind)``.
+    """
     current: Any = state_dict
     depth = siblings = 0
     for _ in range(4):
@@ -253,24 +381,7 @@ def _unwrap_counting(state_dict: Mapping) -> Tuple[Dict[str, Any], int, int]:
         current = current[name]
     if not isinstance(current, Mapping):
         raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(current).__name__}.")
-    return _strip_module_prefix(current), depth, siblings
-
-
-def _unwrap(state_dict: Mapping) -> Dict[str, Any]:
-    """timm-style unwrapping of ``model`` / ``state_dict`` / ``module`` containers and a DDP ``module.`` prefix."""
-    return _unwrap_counting(state_dict)[0]
-
-
-def _target_encoder(model: nn.Module) -> nn.Module:
-    if hasattr(model, "patch_embed") and hasattr(model, "blocks"):
-        return model
-    encoder = getattr(model, "encoder", None)
-    if isinstance(encoder, nn.Module) and hasattr(encoder, "patch_embed") and hasattr(encoder, "blocks"):
-        return encoder
-    raise TypeError(
-        f"model must be a USFM/BEiT encoder (with patch_embed and blocks) or have one as its 'encoder' attribute, "
-        f"got {type(model).__name__}."
-    )
+    return _strip_wrapper_prefixes(current), depth, siblings
 
 
 def _fold_imagenet_normalization(
@@ -308,7 +419,7 @@ def _convert_authors_usfm(state_dict: Mapping, model: nn.Module, log: _Conversio
             f"not the authors' USFM layout: the signature key {AUTHORS_SHARED_TABLE_KEY!r} is missing "
             f"(found e.g. {sorted(state_dict)[:5]})."
         )
-    encoder = _target_encoder(model)
+    encoder = find_encoder(model)[0]
     out = dict(state_dict)
     shared = out.pop(AUTHORS_SHARED_TABLE_KEY)
     out.pop("rel_pos_bias.relative_position_index", None)
@@ -345,7 +456,7 @@ def _adapt_to_model(
     source_window: Optional[Tuple[int, int]] = None,
 ) -> StateDict:
     """Generic adaptation of an encoder state dict to ``model`` (any layout, after its converter)."""
-    encoder = _target_encoder(model)
+    encoder = find_encoder(model)[0]
     target = encoder.state_dict()
     out: StateDict = {}
     dropped_index = 0
@@ -435,7 +546,7 @@ def convert_authors_checkpoint(state_dict: Mapping, model: nn.Module) -> StateDi
         ValueError: the patch embedding is not RGB or the target has neither 1 nor 3 channels.
     """
     log = _ConversionLog()
-    out = _convert_authors_usfm(_unwrap(state_dict), model, log)
+    out = _convert_authors_usfm(_unwrap_state_dict(state_dict)[0], model, log)
     out = _adapt_to_model(out, model, log)
     for note in log.converted + log.resized:
         logger.info("convert_authors_checkpoint: %s", note)
@@ -445,7 +556,7 @@ def convert_authors_checkpoint(state_dict: Mapping, model: nn.Module) -> StateDi
 def _filter(
     state_dict: Mapping, model: nn.Module, log: _ConversionLog, source_window: Optional[Tuple[int, int]]
 ) -> StateDict:
-    state = _unwrap(state_dict)
+    state = _unwrap_state_dict(state_dict)[0]
     if AUTHORS_SHARED_TABLE_KEY in state:
         state = _convert_authors_usfm(state, model, log)
     return _adapt_to_model(state, model, log, source_window)
@@ -500,9 +611,9 @@ def _select_encoder(
     if isinstance(checkpoint.get("state_dict"), Mapping) and isinstance(checkpoint.get("config"), Mapping):
         layout = "usfm_monai_export"
         source_window = _source_window_from_config(checkpoint["config"], source)
-        state = _strip_module_prefix(checkpoint["state_dict"])
+        state = _strip_wrapper_prefixes(checkpoint["state_dict"])
     else:
-        state, depth, ignored = _unwrap_counting(checkpoint)
+        state, depth, ignored = _unwrap_state_dict(checkpoint)
         layout = "training_checkpoint" if depth else "state_dict"
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     ignored += len(state) - len(tensors)
@@ -559,7 +670,7 @@ def load_encoder_weights(
         KeyError: ``prefix`` matches no key.
         TypeError: the checkpoint is not a mapping or ``model`` is not an encoder.
     """
-    encoder = _target_encoder(model)
+    encoder = find_encoder(model)[0]
     if isinstance(path_or_state_dict, Mapping):
         source, checkpoint = "<state_dict>", path_or_state_dict
     elif isinstance(path_or_state_dict, (str, os.PathLike)):

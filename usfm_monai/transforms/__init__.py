@@ -1,4 +1,8 @@
-"""MONAI-style transforms: USFM spatial-frequency dual masking (eq. 2-8) and grayscale conversion."""
+"""MONAI-style transforms: USFM spatial-frequency dual masking (eq. 2-8) and grayscale conversion.
+
+The masking equations are pure torch functions in :mod:`usfm_monai.transforms.masking`; the mask transforms
+exported here wrap them.
+"""
 
 from usfm_monai.transforms.dual_mask import (
     BatchedDualDomainMask,

@@ -1,18 +1,15 @@
-"""Spatial-frequency dual masking, USFM paper eq. 8 (Jiao et al., arXiv 2401.00153, sec. 3.2.2).
+"""MONAI transforms for the spatial-frequency dual mask, USFM paper eq. 8 (Jiao et al., arXiv 2401.00153).
 
 The dual-masked input is the frequency band-stopped image (eq. 7) everywhere except in the spatially masked
-blocks (eq. 2), which hold the per-channel mean of the ORIGINAL image:
+blocks (eq. 2), which hold the per-channel mean of the ORIGINAL image; with ``use_frequency_mask=False`` it is
+the spatial mask alone (the paper's USFM-woF ablation). The equations, the geometry and the draws live in
+:mod:`usfm_monai.transforms.masking`; this module only wraps them:
 
-    U_dm(c, x, y) = mean_{x', y'} U(c, x', y')                  if (x, y) lies in a masked block
-                    Re iDFT(M_freq * DFT(U_c))(x, y)             otherwise
-
-With ``use_frequency_mask=False`` the second line is ``U`` itself: the paper's USFM-woF ablation.
-
-This module holds the per-sample :class:`RandDualDomainMask`, its dictionary twin :class:`RandDualDomainMaskd`
-and the batched torch version :class:`BatchedDualDomainMask` (draws with a ``torch.Generator``, works on
-``(B, C, H, W)`` tensors on any device, and gives the per-sample result for the same draws). The mask
-geometry is documented in :mod:`usfm_monai.transforms.spatial_mask` and
-:mod:`usfm_monai.transforms.frequency_mask`.
+* :class:`RandDualDomainMask` / :class:`RandDualDomainMaskd`: MONAI ``Randomizable`` array / dictionary
+  transforms; each call seeds a ``torch.Generator`` from ``self.R`` and masks a batch of one.
+* :class:`BatchedDualDomainMask`: the same masks on ``(B, C, H, W)`` tensors on any device, drawn from an
+  explicit ``torch.Generator`` (:meth:`~BatchedDualDomainMask.draw`) and applied by
+  :meth:`~BatchedDualDomainMask.apply`; what the pretraining prepare-batch runs.
 """
 
 from __future__ import annotations
@@ -25,54 +22,24 @@ import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data.meta_obj import get_track_meta
 from monai.transforms.transform import MapTransform, Randomizable
-from monai.utils import (
-    TransformBackends,
-    convert_to_dst_type,
-    convert_to_tensor,
-    ensure_tuple,
-)
+from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple
 
-from usfm_monai.transforms.frequency_mask import (
-    _check_band_args,
-    band_stop_filter,
-    band_stop_mask,
-    batched_band_stop,
-    draw_band_ids,
-    draw_band_ids_batched,
-    frequency_band_map,
-    rfft_band_map,
-)
-from usfm_monai.transforms.spatial_mask import (
+from usfm_monai.transforms.masking import (
     _check_free_key,
-    _check_int,
-    _check_ratio,
-    _check_spatial_shape,
     _common_spatial_shape,
     _image_tensor,
-    block_grid_shape,
+    band_stop_masks,
     block_grid_to_pixel_mask,
-    draw_block_grid,
+    check_int,
+    check_mask_args,
+    check_spatial_shape,
+    draw_band_ids,
     draw_block_grids,
-    spatial_mean_mask,
+    dual_domain_mask,
+    generator_from_random_state,
 )
 
 __all__ = ["RandDualDomainMask", "RandDualDomainMaskd", "DualMaskDraws", "BatchedDualDomainMask"]
-
-
-def _check_dual_args(
-    block_size: int,
-    mask_ratio: float,
-    num_bands: int,
-    num_masked_bands: int,
-    keep_size: int,
-    band_spacing: str,
-    use_frequency_mask: bool,
-) -> None:
-    _check_int("block_size", block_size, 1)
-    _check_ratio("mask_ratio", mask_ratio)
-    _check_band_args(num_bands, num_masked_bands, keep_size, band_spacing)
-    if not isinstance(use_frequency_mask, (bool, np.bool_)):
-        raise TypeError(f"use_frequency_mask must be a bool, got {use_frequency_mask!r}.")
 
 
 class RandDualDomainMask(Randomizable):
@@ -82,9 +49,10 @@ class RandDualDomainMask(Randomizable):
     then, when ``use_frequency_mask``, a set of bands (as
     :class:`~usfm_monai.transforms.frequency_mask.RandFrequencyBandStopMask`), both from ``self.R``. The
     output is the band-stopped image with the masked blocks filled by the original image's per-channel mean.
-    The draws are in :attr:`block_grid` (``(ceil(H / block_size), ceil(W / block_size))`` bool) and
-    :attr:`band_ids` (``(K,)`` int64, empty without the frequency mask); :meth:`pixel_mask` and
-    :meth:`stop_mask` turn them into ``(H, W)`` masks.
+    The draws are in :attr:`block_grid` (``(ceil(H / block_size), ceil(W / block_size))`` bool CPU tensor) and
+    :attr:`band_ids` (``(K,)`` int64 CPU tensor, empty without the frequency mask); :meth:`pixel_mask` and
+    :meth:`stop_mask` turn them into ``(H, W)`` masks. Both come from one ``torch.Generator`` seeded from
+    ``self.R`` per call, so ``set_random_state`` makes them reproducible.
 
     Data is channel-first ``(num_channels, H, W)``, floating point, numpy or torch; the result is a tensor
     with the input's dtype and device (a ``MetaTensor`` when metadata is tracked).
@@ -117,7 +85,7 @@ class RandDualDomainMask(Randomizable):
         band_spacing: str = "linear",
         use_frequency_mask: bool = True,
     ) -> None:
-        _check_dual_args(
+        check_mask_args(
             block_size, mask_ratio, num_bands, num_masked_bands, keep_size, band_spacing, use_frequency_mask
         )
         self.block_size = int(block_size)
@@ -127,24 +95,26 @@ class RandDualDomainMask(Randomizable):
         self.keep_size = int(keep_size)
         self.band_spacing = band_spacing
         self.use_frequency_mask = bool(use_frequency_mask)
-        self.block_grid: np.ndarray | None = None
-        self.band_ids: np.ndarray | None = None
+        self.block_grid: torch.Tensor | None = None
+        self.band_ids: torch.Tensor | None = None
 
     def randomize(self, img: NdarrayOrTensor) -> None:
         """Draw :attr:`block_grid` for ``img``'s spatial shape, then :attr:`band_ids`, from ``self.R`` only."""
         if len(img.shape) != 3:
             raise ValueError(f"{type(self).__name__} expects a (C, H, W) image, got shape {tuple(img.shape)}.")
-        self.block_grid = draw_block_grid(self.R, img.shape[1:], self.block_size, self.mask_ratio)
-        if self.use_frequency_mask:
-            self.band_ids = draw_band_ids(self.R, self.num_bands, self.num_masked_bands)
-        else:
-            self.band_ids = np.zeros(0, dtype=np.int64)
+        generator = generator_from_random_state(self.R)
+        self.block_grid = draw_block_grids(1, img.shape[1:], self.block_size, self.mask_ratio, generator)[0]
+        self.band_ids = draw_band_ids(1, self.num_bands, self._num_stopped, generator)[0]
+
+    @property
+    def _num_stopped(self) -> int:
+        return self.num_masked_bands if self.use_frequency_mask else 0
 
     def _check_drawn(self) -> None:
         if self.block_grid is None or self.band_ids is None:
             raise RuntimeError(f"{type(self).__name__}: please call the `randomize()` function first.")
 
-    def pixel_mask(self, spatial_shape: Sequence[int]) -> np.ndarray:
+    def pixel_mask(self, spatial_shape: Sequence[int]) -> torch.Tensor:
         """``(H, W)`` bool spatial mask of the drawn blocks, True = filled with the mean.
 
         Raises:
@@ -152,9 +122,9 @@ class RandDualDomainMask(Randomizable):
             ValueError: when the drawn grid does not fit ``spatial_shape``.
         """
         self._check_drawn()
-        return block_grid_to_pixel_mask(self.block_grid, spatial_shape, self.block_size)  # type: ignore
+        return block_grid_to_pixel_mask(self.block_grid, spatial_shape, self.block_size)  # type: ignore[arg-type]
 
-    def stop_mask(self, spatial_shape: Sequence[int]) -> np.ndarray:
+    def stop_mask(self, spatial_shape: Sequence[int]) -> torch.Tensor:
         """``(H, W)`` bool frequency stop mask (fftshifted layout) of the drawn bands, True = zeroed.
 
         All False without the frequency mask.
@@ -165,8 +135,9 @@ class RandDualDomainMask(Randomizable):
         """
         self._check_drawn()
         if not self.use_frequency_mask:
-            return np.zeros(_check_spatial_shape(spatial_shape), dtype=bool)
-        return band_stop_mask(spatial_shape, self.band_ids, self.num_bands, self.keep_size, self.band_spacing)
+            return torch.zeros(check_spatial_shape(spatial_shape), dtype=torch.bool)
+        ids = self.band_ids[None]  # type: ignore[index]
+        return band_stop_masks(ids, spatial_shape, self.num_bands, self.keep_size, self.band_spacing)[0]
 
     def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> torch.Tensor:
         """Dual-mask ``img``, ``(C, H, W)``; with ``randomize=False`` the last draw is replayed.
@@ -180,14 +151,10 @@ class RandDualDomainMask(Randomizable):
         img, img_t = _image_tensor(img, type(self).__name__)
         if randomize:
             self.randomize(img_t)
-        spatial_shape = img_t.shape[1:]
-        pixel = torch.as_tensor(self.pixel_mask(spatial_shape), device=img_t.device)
-        base = img_t
-        if self.use_frequency_mask:
-            stop = self.stop_mask(spatial_shape)
-            if stop.any():
-                base = band_stop_filter(img_t, torch.as_tensor(stop, device=img_t.device))
-        out = spatial_mean_mask(base, pixel, fill_from=img_t)
+        self._check_drawn()
+        grid, ids = self.block_grid[None], self.band_ids[None]  # type: ignore[index]
+        args = (self.block_size, self.num_bands, self.keep_size, self.band_spacing)
+        out = dual_domain_mask(img_t[None], grid, ids, *args)[0]
         out, *_ = convert_to_dst_type(out, dst=img)
         return out
 
@@ -318,16 +285,19 @@ class DualMaskDraws:
         """The same draws on ``device``."""
         return DualMaskDraws(self.block_grids.to(device), self.band_ids.to(device))
 
+    def __getitem__(self, index: int | slice) -> DualMaskDraws:
+        """The draws of some samples (a slice, or one index kept as a batch of one)."""
+        index = slice(index, index + 1) if isinstance(index, int) else index
+        return DualMaskDraws(self.block_grids[index], self.band_ids[index])
+
 
 class BatchedDualDomainMask:
-    """Batched torch version of :class:`RandDualDomainMask` (eq. 8) for ``(B, C, H, W)`` tensors on any device.
+    """Dual masking (eq. 8) of ``(B, C, H, W)`` tensors on any device, with explicit ``torch.Generator`` draws.
 
-    Draws come from an explicit ``torch.Generator`` (:meth:`draw`) and are applied by :meth:`apply`, which for
-    the same draws gives what the per-sample transform gives (up to float rounding: the band stop goes
-    through ``rfft2``, exact because every stop mask is symmetric under ``f -> -f``). Per-sample draws can be
-    replayed with :meth:`draws_from_transforms`. The band-index map is computed once per ``(H, W, device)``.
-    Masks are drawn independently per sample: each block with probability ``mask_ratio``, and
-    ``num_masked_bands`` distinct bands.
+    :meth:`draw` draws block grids, then band ids (independently per sample: each block with probability
+    ``mask_ratio``, ``num_masked_bands`` distinct bands) and :meth:`apply` applies given draws, both with the
+    functions of :mod:`usfm_monai.transforms.masking`; ``masker(images, generator)`` does both.
+    :meth:`draws_from_transforms` stacks the last draws of per-sample :class:`RandDualDomainMask` transforms.
 
     Args:
         block_size, mask_ratio, num_bands, num_masked_bands, keep_size, band_spacing, use_frequency_mask:
@@ -348,7 +318,7 @@ class BatchedDualDomainMask:
         band_spacing: str = "linear",
         use_frequency_mask: bool = True,
     ) -> None:
-        _check_dual_args(
+        check_mask_args(
             block_size, mask_ratio, num_bands, num_masked_bands, keep_size, band_spacing, use_frequency_mask
         )
         self.block_size = int(block_size)
@@ -358,19 +328,10 @@ class BatchedDualDomainMask:
         self.keep_size = int(keep_size)
         self.band_spacing = band_spacing
         self.use_frequency_mask = bool(use_frequency_mask)
-        self._rfft_maps: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
     @property
     def _num_stopped(self) -> int:
         return self.num_masked_bands if self.use_frequency_mask else 0
-
-    def _rfft_map(self, spatial_shape: tuple[int, int], device: torch.device) -> torch.Tensor:
-        """Cached ``(H, W // 2 + 1)`` int64 band map in ``rfft2`` layout on ``device``."""
-        key = (spatial_shape[0], spatial_shape[1], device)
-        if key not in self._rfft_maps:
-            band_map = frequency_band_map(spatial_shape, self.num_bands, self.keep_size, self.band_spacing)
-            self._rfft_maps[key] = torch.as_tensor(rfft_band_map(band_map), device=device)
-        return self._rfft_maps[key]
 
     def draw(
         self,
@@ -390,10 +351,10 @@ class BatchedDualDomainMask:
         Returns:
             :class:`DualMaskDraws` with ``block_grids`` ``(B, gh, gw)`` bool and ``band_ids`` ``(B, K)`` int64.
         """
-        _check_int("batch_size", batch_size, 1)
-        hw = _check_spatial_shape(spatial_shape)
+        check_int("batch_size", batch_size, 1)
+        hw = check_spatial_shape(spatial_shape)
         grids = draw_block_grids(batch_size, hw, self.block_size, self.mask_ratio, generator, device)
-        ids = draw_band_ids_batched(batch_size, self.num_bands, self._num_stopped, generator, device)
+        ids = draw_band_ids(batch_size, self.num_bands, self._num_stopped, generator, device)
         return DualMaskDraws(block_grids=grids, band_ids=ids)
 
     def draws_from_transforms(
@@ -416,34 +377,17 @@ class BatchedDualDomainMask:
             if diff:
                 raise ValueError(f"transforms[{i}] is configured differently, (theirs, ours): {diff}.")
             t._check_drawn()
-        shapes = {t.block_grid.shape for t in transforms}  # type: ignore[union-attr]
+        shapes = {tuple(t.block_grid.shape) for t in transforms}  # type: ignore[union-attr]
         if len(shapes) > 1:
             raise ValueError(f"the transforms drew block grids of different shapes {sorted(shapes)}.")
-        grids = torch.as_tensor(np.stack([t.block_grid for t in transforms]), device=device)  # B, gh, gw
-        ids = torch.as_tensor(np.stack([t.band_ids for t in transforms]), device=device)  # B, K
+        grids = torch.stack([t.block_grid for t in transforms]).to(device)  # type: ignore[misc]  # B, gh, gw
+        ids = torch.stack([t.band_ids for t in transforms]).to(device)  # type: ignore[misc]  # B, K
         return DualMaskDraws(block_grids=grids, band_ids=ids)
-
-    def _check_draws(self, images: torch.Tensor, draws: DualMaskDraws) -> None:
-        b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
-        expected_grid = (b, *block_grid_shape((h, w), self.block_size))
-        if tuple(draws.block_grids.shape) != expected_grid or draws.block_grids.dtype != torch.bool:
-            raise ValueError(
-                f"draws.block_grids must be a bool tensor of shape {expected_grid} for images of shape "
-                f"{tuple(images.shape)}, got {draws.block_grids.dtype} {tuple(draws.block_grids.shape)}."
-            )
-        expected_ids = (b, self._num_stopped)
-        if tuple(draws.band_ids.shape) != expected_ids or draws.band_ids.dtype != torch.int64:
-            raise ValueError(
-                f"draws.band_ids must be an int64 tensor of shape {expected_ids}, "
-                f"got {draws.band_ids.dtype} {tuple(draws.band_ids.shape)}."
-            )
-        if draws.band_ids.numel() and (draws.band_ids.min() < 0 or draws.band_ids.max() >= self.num_bands):
-            raise ValueError(f"draws.band_ids must be in [0, {self.num_bands}), got {draws.band_ids.tolist()}.")
 
     def apply(
         self, images: torch.Tensor, draws: DualMaskDraws, return_masks: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Dual-mask a batch with given draws (eq. 8).
+        """Dual-mask a batch with given draws (eq. 8, :func:`~usfm_monai.transforms.masking.dual_domain_mask`).
 
         Args:
             images: ``(B, C, H, W)`` floating tensor (intensities in ``[0, 1]`` by convention), any device.
@@ -467,15 +411,17 @@ class BatchedDualDomainMask:
             raise ValueError(f"{type(self).__name__} expects images of shape (B, C, H, W), got {tuple(images.shape)}.")
         x = convert_to_tensor(images, track_meta=False)
         draws = draws.to(x.device)
-        self._check_draws(x, draws)
-        h, w = x.shape[-2:]
-        pixel = block_grid_to_pixel_mask(draws.block_grids, (h, w), self.block_size)  # B, H, W
-        base = x
-        if self._num_stopped:
-            base = batched_band_stop(x, draws.band_ids, self._rfft_map((h, w), x.device))
-        out = spatial_mean_mask(base, pixel, fill_from=x)  # B, C, H, W
+        if draws.band_ids.ndim == 2 and draws.band_ids.shape[1] != self._num_stopped:
+            raise ValueError(
+                f"band_ids must be an int64 tensor of shape ({x.shape[0]}, {self._num_stopped}), "
+                f"got {draws.band_ids.dtype} {tuple(draws.band_ids.shape)}."
+            )
+        args = (self.block_size, self.num_bands, self.keep_size, self.band_spacing)
+        out = dual_domain_mask(x, draws.block_grids, draws.band_ids, *args)  # B, C, H, W
         out, *_ = convert_to_dst_type(out, dst=images)
-        return (out, pixel.unsqueeze(1)) if return_masks else out
+        if not return_masks:
+            return out
+        return out, block_grid_to_pixel_mask(draws.block_grids, x.shape[-2:], self.block_size).unsqueeze(1)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw (see :meth:`draw`; a ``generator`` on another device than ``images`` is allowed) and apply.

@@ -65,7 +65,12 @@ class EnsureSpatialDims(Transform):
         out = img
         for _ in extra:
             out = self._squeeze(out)
-        return convert_to_tensor(out, track_meta=get_track_meta())
+        out = convert_to_tensor(out, track_meta=get_track_meta())
+        if extra and isinstance(out, MetaTensor) and "spatial_shape" in out.meta:
+            # readers record a 2-D DICOM as (W, H, 1); consumers that restore a prediction to the input's
+            # "spatial_shape" (MONAI Label's Restored) must see the 2-D shape the image now has
+            out.meta["spatial_shape"] = out.meta["spatial_shape"][: self.spatial_dims]
+        return out
 
 
 class EnsureSpatialDimsd(MapTransform):
