@@ -96,8 +96,9 @@ import re  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOOL_DEFAULTS = ("$torch.cuda.is_available()", "$sys.stderr.isatty()")
 # plain "@flag" references are allowed only where the receiving library code runs ensure_bool itself
-# (TrainingCheckpoint.resume, the dual mask's use_frequency_mask) or where the value is only recorded (summary info)
-VALIDATED_BY_LIBRARY = {"resume", "use_frequency_mask", "use_usfm_branch"}
+# (TrainingCheckpoint.resume, the dual mask's use_frequency_mask, resolve_datalist's check_files) or where the value is only
+# recorded (summary info)
+VALIDATED_BY_LIBRARY = {"check_files", "resume", "use_frequency_mask", "use_usfm_branch"}
 
 
 def _config_sets():

@@ -122,6 +122,9 @@ def test_resolve_real_dataset_lookup_order(dataset, tmp_path, monkeypatch):
         resolve_datalist(str(dataset), task="enhancement")
     with pytest.raises(ValueError, match="task must be one of"):
         resolve_datalist(str(dataset), task="detection")
+    # configs pass check_files as a plain reference: `--check_files false` (a string) must not silently skip the check
+    with pytest.raises(TypeError, match="--check_files False"):
+        resolve_datalist(str(dataset), task="segmentation", check_files="false")
 
 
 def test_resolve_synthetic(tmp_path):
