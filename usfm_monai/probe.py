@@ -162,8 +162,13 @@ def extract_features(
     return {i: np.concatenate(v) for i, v in out.items()}
 
 
+def _feature_stats(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std (+ 1e-6, so constant features stay finite) of the training features."""
+    return train.mean(0), train.std(0) + 1e-6
+
+
 def _standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    mean, std = train.mean(0), train.std(0) + 1e-6
+    mean, std = _feature_stats(train)
     return [(a - mean) / std for a in (train, *others)]
 
 
@@ -241,7 +246,7 @@ def fit_linear_probe(
         raise ValueError("the linear probe needs a non-empty validation split to choose its regularisation.")
     if len(np.unique(y_train)) < 2:
         raise ValueError(f"the linear probe needs at least two classes in training, got {np.unique(y_train).tolist()}.")
-    mean, std = train.mean(0), train.std(0) + 1e-6
+    mean, std = _feature_stats(train)
     train_z, val_z = (train - mean) / std, (val - mean) / std
     num_classes = int(max(y_train.max(), y_val.max())) + 1
     best: tuple[float, float, Any] | None = None
