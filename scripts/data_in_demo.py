@@ -66,7 +66,7 @@ def dicom_cine_inference(work: Path) -> dict:
     bundle_root = work / "seg_bundle"
     (bundle_root / "models").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    net = USFMSegmenter(num_classes=2, size="tiny", img_size=64, in_chans=1, aux_head=True, pretrained=None)
+    net = USFMSegmenter(num_classes=2, size="tiny", img_size=64, in_chans=1, aux_head=True)
     torch.save({"model": net.state_dict()}, bundle_root / "models" / "model.pt")
     cine = work / "cine_in"
     frames, height, width = 4, 72, 96

@@ -1,4 +1,4 @@
-"""Tests for usfm_monai.authors_weights.
+"""Tests for usfm_monai.apps.authors_weights.
 
 Oracle: a fake ``USFM_latest.pth`` built from timm's 3-channel BEiT with ONE shared relative position bias (the
 authors' layout, as in tests/networks/test_weights.py) at the tiny width. At 224 px (no resizing) the converted
@@ -15,7 +15,7 @@ import pytest
 import torch
 from timm.models.beit import Beit
 
-from usfm_monai.authors_weights import BUNDLE_IMG_SIZE, convert_authors_weights
+from usfm_monai.apps.authors_weights import BUNDLE_IMG_SIZE, convert_authors_weights
 from usfm_monai.networks.encoder import USFM_SIZES, create_usfm_encoder
 from usfm_monai.networks.weights import load_encoder_weights
 
@@ -87,12 +87,14 @@ def test_224_export_reproduces_authors_network(authors, converted):
 
 
 def test_256_export_loads_into_the_task_networks(converted):
-    from usfm_monai.networks import USFMClassifier, USFMSegmenter
+    from usfm_monai.networks import USFMClassifier, USFMSegmenter, load_encoder_weights
 
     out, _ = converted
     path = str(out / "usfm_encoder_256.pt")
-    seg = USFMSegmenter(num_classes=2, size="tiny", img_size=256, pretrained=path).eval()
-    cls = USFMClassifier(num_classes=3, size="tiny", img_size=256, pretrained=path).eval()
+    seg = USFMSegmenter(num_classes=2, size="tiny", img_size=256).eval()
+    cls = USFMClassifier(num_classes=3, size="tiny", img_size=256).eval()
+    for net in (seg, cls):
+        load_encoder_weights(net, path)
     export = torch.load(path, weights_only=True)["state_dict"]
     for net in (seg, cls):
         assert torch.equal(net.encoder.patch_embed.proj.weight, export["patch_embed.proj.weight"])

@@ -1,6 +1,7 @@
 """Bundle helpers: the bundle root comes from the config files on the command line."""
 
 import os
+import pathlib
 
 import pytest
 
@@ -46,16 +47,13 @@ def test_bundle_re_exports_the_library_helpers():
     assert ensure_bool is usfm_monai.utils.ensure_bool
 
 
-def test_library_modules_do_not_import_the_command_line_module():
-    """usfm_monai.bundle parses command lines; only it and the CLI may depend on it (usfm_monai.utils is the home)."""
+def _imports_of(package, forbidden: str, skip) -> list[str]:
+    """``file:line`` of every import of module ``forbidden`` (or below it) in ``package``, except in ``skip(path)``."""
     import ast
-    import pathlib
 
-    package = pathlib.Path(__file__).resolve().parent.parent / "usfm_monai"
-    allowed = {package / "bundle.py", package / "cli.py"}
     offenders = []
     for path in sorted(package.rglob("*.py")):
-        if path in allowed:
+        if skip(path):
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
             if isinstance(node, ast.Import):
@@ -68,9 +66,25 @@ def test_library_modules_do_not_import_the_command_line_module():
                 names = [module] + [f"{module}.{a.name}" for a in node.names]
             else:
                 continue
-            if any(n == "usfm_monai.bundle" or n.startswith("usfm_monai.bundle.") for n in names):
+            if any(n == forbidden or n.startswith(forbidden + ".") for n in names):
                 offenders.append(f"{path.relative_to(package.parent)}:{node.lineno}")
-    assert offenders == [], offenders
+    return offenders
+
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "usfm_monai"
+
+
+def test_library_modules_do_not_import_the_command_line_module():
+    """usfm_monai.bundle parses command lines; only it and the CLI may depend on it (usfm_monai.utils is the home)."""
+    allowed = {PACKAGE / "bundle.py", PACKAGE / "apps" / "cli.py"}
+    assert _imports_of(PACKAGE, "usfm_monai.bundle", allowed.__contains__) == []
+
+
+def test_the_library_does_not_import_the_apps():
+    """The tools (usfm_monai.apps) use the library, never the other way round (``python -m usfm_monai`` is the CLI)."""
+    apps = PACKAGE / "apps"
+    skip = lambda path: apps in path.parents or path == PACKAGE / "__main__.py"  # noqa: E731
+    assert _imports_of(PACKAGE, "usfm_monai.apps", skip) == []
 
 
 def test_ensure_bool_explains_the_command_line_pitfall():

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from usfm_monai.cli import COMMANDS
+from usfm_monai.apps.cli import COMMANDS
 
 
 def test_cli_synthetic_writes_a_datalist(tmp_path):

@@ -324,3 +324,36 @@ def test_summarize_two_dimensional_and_all_nan():
     assert summarize(values) == (3.0, 1.0, 2)
     mean, std, n = summarize([np.nan])
     assert math.isnan(mean) and math.isnan(std) and n == 0
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_monai_dice_without_ignore_empty_follows_our_empty_mask_table(num_classes):
+    """The seg bundle scores DSC with MONAI's DiceMetric(ignore_empty=False): it must agree with
+    segmentation_metrics on every case of the empty-mask table, label maps of 2 and 3 classes included."""
+    from monai.metrics import DiceMetric
+
+    generator = torch.Generator().manual_seed(num_classes)
+    pred = torch.randint(0, num_classes, (6, 1, 8, 8), generator=generator)
+    label = torch.randint(0, num_classes, (6, 1, 8, 8), generator=generator)
+    label[0] = 0  # label empty, prediction not
+    pred[1] = 0  # prediction empty, label not
+    pred[2], label[2] = 0, 0  # both empty
+    monai_dice = DiceMetric(include_background=False, num_classes=num_classes, ignore_empty=False)
+    monai_dice(y_pred=pred, y=label)
+    expected = torch.tensor([
+        [segmentation_metrics(pred[b, 0] == c, label[b, 0] == c)["dsc"] for c in range(1, num_classes)]
+        for b in range(6)
+    ])
+    torch.testing.assert_close(monai_dice.get_buffer().float(), expected.float())
+    assert expected[0].tolist() == [0.0] * (num_classes - 1) and expected[2].tolist() == [1.0] * (num_classes - 1)
+
+
+def test_seg_bundle_scores_dice_with_monai():
+    import json
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", "seg_tn3k",
+                        "configs", "train.json")
+    with open(path) as f:
+        metric = json.load(f)["validate"]["key_metric"]["dsc"]["metric_fn"]
+    assert metric["_target_"] == "DiceMetric" and metric["ignore_empty"] is False

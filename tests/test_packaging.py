@@ -1,4 +1,4 @@
-"""Tests for usfm_monai.packaging.
+"""Tests for usfm_monai.apps.packaging.
 
 Oracles: MONAI's own readers of the archive (``monai.bundle.download`` with a ``file://`` URL, ``monai.bundle.load``,
 ``monai.bundle.download_large_files`` with its hash check); hashlib on the original bytes; the exact member list of a
@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from monai.bundle import ConfigParser
-from usfm_monai.packaging import LARGE_FILES_NAME, pack_bundle
+from usfm_monai.apps.packaging import LARGE_FILES_NAME, pack_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,8 @@ import statistics
 
 import pytest
 
-from usfm_monai.seeds import read_metrics, run_seeds, summarize_seeds
+from usfm_monai.apps.bundle_runner import read_metrics
+from usfm_monai.apps.seeds import run_seeds, summarize_seeds
 
 # "Training" writes a file that only this seed's run can have written; "evaluation" reads it back and writes the
 # metrics, so a correct runner must run both configs in order, in the same per-seed bundle root.

@@ -1,3 +1,3 @@
-from usfm_monai.cli import main
+from usfm_monai.apps.cli import main
 
 main()

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from usfm_monai.data.datalist import planned_items
 from usfm_monai.utils import ensure_bool
 
 __all__ = ["FocalFrequencyLoss", "USFMReconstructionLoss", "balanced_class_weights"]
@@ -192,7 +193,8 @@ def balanced_class_weights(
     leaves it (macro-F1 0.24); weighting the classes by inverse frequency makes every class count equally.
 
     Args:
-        items: datalist items with an int ``label_key``.
+        items: datalist items with an int ``label_key`` (a deferred synthetic datalist is read from its plan:
+            :func:`~usfm_monai.data.datalist.planned_items`, nothing is generated).
         num_classes: K.
         enabled: ``False`` returns ``None`` (an unweighted loss), so a bundle switch maps onto this one call.
         device: device of the weights (the loss's device).
@@ -207,7 +209,7 @@ def balanced_class_weights(
     """
     if not ensure_bool("class_balanced", enabled):
         return None
-    labels = [item.get(label_key) for item in items]
+    labels = [item.get(label_key) for item in planned_items(items)]
     if not labels:
         raise ValueError("balanced_class_weights: the datalist has no items.")
     bad = [(i, lab) for i, lab in enumerate(labels) if isinstance(lab, bool) or not isinstance(lab, int) or not 0 <= lab < num_classes]

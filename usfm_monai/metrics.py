@@ -229,6 +229,11 @@ def _to_onehot(x: torch.Tensor, name: str, num_classes: int | None) -> torch.Ten
 class SegmentationMetric(CumulativeIterationMetric):
     """One Table 2 segmentation metric per image and foreground class, accumulated over batches.
 
+    The bundles score DSC with MONAI's ``DiceMetric(ignore_empty=False)``, which follows the module's empty-mask
+    table (a test checks they agree); the other four are here because MONAI's differ: ``HausdorffDistanceMetric``
+    gives NaN/inf, not 0, when both masks are empty, ``ConfusionMatrixMetric`` gives NaN sensitivity for an empty
+    label, and ``MeanIoU`` needs one-hot inputs where the bundles pass label maps.
+
     Each call appends a ``(B, C')`` tensor (``C'`` classes after dropping the background) to the buffer, so
     ``IgniteMetricHandler(save_details=True)`` hands ``MetricsSaver`` one row per image with one column per class.
     ``aggregate()`` averages each image over its non-NaN classes, then the images with a value (MONAI's

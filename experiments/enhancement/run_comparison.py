@@ -29,13 +29,14 @@ import ast
 import csv
 import json
 import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+
+from usfm_monai.apps.bundle_runner import bundle_command, child_env, run_logged, write_run_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLE = os.path.join(REPO, "bundles", "enhance_usenhance")
@@ -112,18 +113,6 @@ def make_component_dataset(output_dir: str, component: str, num_images: int, ima
     return write_datalist(path, sections, meta, base_dir=output_dir)
 
 
-def _arg(value: Any) -> str:
-    return repr(value) if not isinstance(value, str) else value
-
-
-def bundle_command(config_files: list[str], overrides: dict[str, Any]) -> list[str]:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr(config_files),
-           "--logging_file", os.path.join(CONFIGS, "logging.conf")]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", _arg(value)]
-    return cmd
-
-
 def run_cell(cell_dir: str, config_files: list[str], overrides: dict[str, Any]) -> dict[str, Any]:
     """Train then evaluate one cell; returns its row (cached in ``result.json``)."""
     result_path = os.path.join(cell_dir, "result.json")
@@ -131,16 +120,15 @@ def run_cell(cell_dir: str, config_files: list[str], overrides: dict[str, Any]) 
         with open(result_path) as f:
             return json.load(f)
     os.makedirs(cell_dir, exist_ok=True)
-    overrides = {"bundle_root": cell_dir, **overrides}
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    args_file = write_run_args({"bundle_root": cell_dir, **overrides}, os.path.join(cell_dir, "run_args.json"))
+    env = child_env({"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     timings = {}
     for phase, files in (("train", config_files), ("evaluate", config_files + [os.path.join(CONFIGS, "evaluate.json")])):
         start = time.time()
-        with open(os.path.join(cell_dir, f"{phase}.log"), "w") as log:
-            proc = subprocess.run(bundle_command(files, overrides), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                  env=env)
+        cmd = bundle_command(files, args_file, logging_file=os.path.join(CONFIGS, "logging.conf"))
+        code = run_logged(cmd, os.path.join(cell_dir, f"{phase}.log"), env, cwd=REPO)
         timings[f"{phase}_s"] = round(time.time() - start, 1)
-        if proc.returncode != 0:
+        if code != 0:
             raise RuntimeError(f"{phase} failed in {cell_dir}; see {cell_dir}/{phase}.log")
     with open(os.path.join(cell_dir, "eval", "summary.json")) as f:
         summary = json.load(f)

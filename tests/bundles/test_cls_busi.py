@@ -68,8 +68,9 @@ def test_layer_decay_and_label_smoothing_wiring(tmp_path, bundle, settings):
 def test_missing_pretrained_file_is_a_clear_error(tmp_path, bundle, settings):
     missing = str(tmp_path / "no_such_encoder.pt")
     parser = bundle.parser(["train.json", "quick.json"], **settings(tmp_path, pretrained=missing))
+    parser.get_parsed_content("network_def")  # building the network reads no file
     with pytest.raises(Exception) as info:
-        parser.get_parsed_content("network_def")
+        parser.get_parsed_content("train#trainer")  # it requires encoder_weights, which loads the file
     chain, error = [], info.value
     while error is not None:
         chain.append(error)

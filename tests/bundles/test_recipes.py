@@ -53,6 +53,21 @@ def test_fine_tuning_decays_learning_rate_with_depth(bundle, tmp_path, encoder_f
     assert _lr_scales(bundle, [], tmp_path, layer_decay=1.0, pretrained=encoder_file) == [1.0]
 
 
+@pytest.mark.parametrize("bundle", ["cls_busi", "seg_tn3k"])
+def test_pretrained_encoder_loads_when_the_trainer_is_built(bundle, tmp_path, encoder_file):
+    """Building the network reads no file; the ``encoder_weights`` item, which the trainer requires, loads it."""
+    parser = ConfigParser()
+    parser.read_config(_configs(bundle, "train.json", "quick.json"))
+    parser.update({"bundle_root": str(tmp_path), "image_size": 128, "pretrained": encoder_file})
+    exported = torch.load(encoder_file, weights_only=True)["state_dict"]["patch_embed.proj.weight"]
+    network = parser.get_parsed_content("network_def")
+    with torch.no_grad():
+        network.encoder.patch_embed.proj.weight.zero_()  # a marker: still there if nothing was loaded
+    parser.get_parsed_content("train#trainer")
+    assert torch.equal(network.encoder.patch_embed.proj.weight, exported)
+    assert parser.get_parsed_content("encoder_weights").layout == "usfm_monai_export"
+
+
 def test_classification_loss_is_class_balanced(tmp_path):
     synthetic = str(tmp_path / "synthetic")
     ensure_synthetic_dataset(synthetic, "classification", num_images=30, image_size=64)

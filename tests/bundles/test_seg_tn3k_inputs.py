@@ -26,7 +26,7 @@ def test_folder_inference_skips_unreadable_file_and_writes_one_mask_per_frame(tm
     root = tmp_path / "bundle"
     os.makedirs(root / "models")
     torch.manual_seed(0)
-    net = USFMSegmenter(num_classes=2, size="tiny", img_size=64, in_chans=1, aux_head=True, pretrained=None)
+    net = USFMSegmenter(num_classes=2, size="tiny", img_size=64, in_chans=1, aux_head=True)
     # bias the head to "lesion" everywhere so the background outside the ultrasound region can only come from the
     # inverse of the region crop
     with torch.no_grad():

@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from usfm_monai.data.datalist import load_datalist, resolve_datalist, write_datalist
@@ -243,19 +244,67 @@ def test_reading_bundle_datalists_writes_nothing(tmp_path, bundle):
     assert not (tmp_path / "data").exists()
 
 
-def test_check_properties_writes_no_synthetic_data(tmp_path):
-    """ConfigWorkflow.check_properties() builds the datasets and loaders; the run step generates the data."""
+def test_deferred_cache_dataset_fills_when_the_data_is_generated(tmp_path):
+    from monai.data import CacheDataset
+    from monai.transforms import Compose, LoadImaged, RandFlipd
+
+    from usfm_monai.data import DeferredCacheDataset, materialize, planned_items
+
+    def transform():
+        load = LoadImaged("image", image_only=True, ensure_channel_first=True)
+        return Compose([load, RandFlipd("image", prob=0.5, spatial_axis=0)]).set_random_state(0)
+
+    def deferred(name):
+        return resolve_datalist("synthetic", task="classification", synthetic_dir=str(tmp_path / name),
+                                synthetic_kwargs=SYNTHETIC, defer=True)
+
+    items = deferred("a")
+    dataset = DeferredCacheDataset(items, transform(), cache_rate=1.0, num_workers=2, progress=False)
+    assert len(dataset) == 6 and dataset.cache_pending and not (tmp_path / "a").exists()
+    labels = [item["label"] for item in planned_items(items)]  # the plan's fields, still nothing written
+    assert len(labels) == 6 and not (tmp_path / "a").exists()
+    materialize(dataset)
+    assert not dataset.cache_pending and items.materialized and dataset.cache_num == 6
+    assert [item["label"] for item in items] == labels
+    # the filled cache serves what a plain CacheDataset over the generated items serves
+    eager = CacheDataset(list(items), transform(), cache_rate=1.0, progress=False)
+    for index in range(len(items)):
+        assert torch.equal(torch.as_tensor(dataset[index]["image"]), torch.as_tensor(eager[index]["image"]))
+    # read before it is generated: the transforms run on the generated items (nothing cached yet)
+    early = DeferredCacheDataset(deferred("b"), transform(), cache_rate=1.0, progress=False)
+    late = DeferredCacheDataset(deferred("c"), transform(), cache_rate=1.0, progress=False).materialize()
+    assert torch.equal(torch.as_tensor(early[0]["image"]), torch.as_tensor(late[0]["image"]))
+    # over a real datalist it is a plain CacheDataset
+    assert not DeferredCacheDataset(list(items), transform(), cache_rate=1.0, progress=False).cache_pending
+
+
+@pytest.mark.parametrize("workflow_type", ["train", "infer"])
+@pytest.mark.parametrize("bundle", ["pretrain_usfm", "seg_tn3k", "cls_busi", "enhance_usenhance"])
+def test_check_properties_writes_no_synthetic_data(tmp_path, bundle, workflow_type):
+    """ConfigWorkflow.check_properties() builds the datasets, samplers and loaders (and the class weights); the
+    run step generates the data."""
     from monai.bundle import ConfigWorkflow
 
-    configs = os.path.join(REPO, "bundles", "seg_tn3k", "configs")
+    configs = os.path.join(REPO, "bundles", bundle, "configs")
+    small = {"pretrain_usfm": {"encoder_size": "tiny", "load_size": 48, "image_size": 32, "mask_block_size": 8,
+                               "keep_size": 4, "synthetic_num_images": 24},
+             "seg_tn3k": {"encoder_size": "tiny", "image_size": 64, "synthetic_num_images": 8,
+                          "synthetic_image_size": 64},
+             "cls_busi": {"encoder_size": "tiny", "image_size": 64, "synthetic_num_images": 20,
+                          "synthetic_image_size": 64},
+             "enhance_usenhance": {"use_usfm_branch": False, "ngf": 8, "n_blocks": 1, "ndf": 8,
+                                   "synthetic_num_images": 40, "synthetic_image_size": 48, "image_size": 32}}[bundle]
+    config = {"train": "train.json", "infer": "inference.json"}[workflow_type]
     workflow = ConfigWorkflow(
-        config_file=[os.path.join(configs, "train.json"), os.path.join(configs, "quick.json")],
-        meta_file=os.path.join(configs, "metadata.json"), workflow_type="train", bundle_root=str(tmp_path),
-        encoder_size="tiny", image_size=64, synthetic_num_images=8, synthetic_image_size=64, num_workers=0,
+        config_file=os.path.join(configs, config), meta_file=os.path.join(configs, "metadata.json"),
+        workflow_type=workflow_type, bundle_root=str(tmp_path), num_workers=0, **small,
     )
     workflow.initialize()
     assert not workflow.check_properties()
     assert not (tmp_path / "data").exists()
     workflow.parser.get_parsed_content("run#0")  # the run step's first expression generates the dataset
-    assert (tmp_path / "data" / "synthetic_segmentation" / "datalist.json").is_file()
-    assert workflow.parser.get_parsed_content("train#dataset").data.materialized
+    assert len(os.listdir(tmp_path / "data")) == 1
+    datasets = ("train#dataset", "validate#dataset") if workflow_type == "train" else ("dataset",)
+    for name in datasets:
+        dataset = workflow.parser.get_parsed_content(name)
+        assert os.path.isfile(dataset.data[0]["image"]) and not getattr(dataset, "cache_pending", False)

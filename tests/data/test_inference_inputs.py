@@ -3,6 +3,8 @@ item per frame, DICOM files without an ultrasound region are reported."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from fixtures.layouts import save, write_corrupt
@@ -40,3 +42,16 @@ def test_multiframe_dicom_expands_to_frames_and_missing_region_is_reported(tmp_p
     assert inputs.no_region == [cine] and "cine.dcm" in caplog.text and "SequenceOfUltrasoundRegions" in caplog.text
     single = InferenceInputs(str(tmp_path), task="segmentation", expand_frames=False)
     assert single.items == [{"image": still}] and "multi-frame DICOM (3 frames)" in single.failures[0][1]
+
+
+def test_synthetic_inputs_are_generated_when_first_read(tmp_path):
+    from usfm_monai.data.datalist import materialize
+
+    target = tmp_path / "synthetic"
+    inputs = InferenceInputs("synthetic", task="segmentation", synthetic_dir=str(target),
+                             synthetic_kwargs={"num_images": 10, "image_size": 32})
+    assert len(inputs.items) == 1 and not target.exists()  # known from the plan; nothing written
+    materialize(inputs.items)
+    assert inputs.items[0].keys() == {"image"} and os.path.isfile(inputs.items[0]["image"])
+    assert inputs.items[:] == list(inputs.items) == inference_items(
+        "synthetic", "segmentation", str(target), {"num_images": 10, "image_size": 32})

@@ -194,6 +194,6 @@ def test_fused_optimizer_on_cuda_only(bundle, optimizers, device):
 def test_pretrain_loader_caches_pins_and_keeps_workers(workers, persistent):
     parser = _parser("pretrain_usfm", num_workers=workers)
     for section in ("train", "validate"):
-        assert parser.get(f"{section}#dataset#_target_") == "CacheDataset"
+        assert parser.get(f"{section}#dataset#_target_") == "usfm_monai.data.DeferredCacheDataset"
         assert parser.get_parsed_content(f"{section}#dataloader#persistent_workers") is persistent
         assert parser.get_parsed_content(f"{section}#dataloader#pin_memory") is torch.cuda.is_available()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from usfm_monai.experiments.grid import GridError, load_preset, plan_grid, run_grid
+from usfm_monai.apps.experiments.grid import GridError, load_preset, plan_grid, run_grid
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -233,7 +233,7 @@ def test_method_ratios_limit_its_cells_and_its_plot(tmp_path, monkeypatch):
     plan = plan_grid(load_preset(preset), str(tmp_path / "g2"), methods=["only-small"], ratios=[1.0])
     assert plan["cells"] == [] and plan["pretraining"] == []
     # the one-ratio methods are no lines in Fig. 10: only USFM is drawn there
-    from usfm_monai.experiments import grid as grid_module
+    from usfm_monai.apps.experiments import grid as grid_module
 
     drawn = []
     real = grid_module.plot_label_efficiency

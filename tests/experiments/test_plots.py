@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from usfm_monai.experiments.plots import (
+from usfm_monai.apps.experiments.plots import (
     ablation_figure,
     aggregate_results,
     label_efficiency_figure,

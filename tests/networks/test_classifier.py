@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from usfm_monai.networks.classifier import USFMClassifier
 from usfm_monai.networks.encoder import USFMEncoder
 from usfm_monai.networks.mim import export_encoder
+from usfm_monai.networks.weights import load_encoder_weights
 
 SMALL = dict(embed_dim=32, num_heads=2, depth=2)
 
@@ -56,20 +57,22 @@ def test_pretrained_encoder_gives_source_pooled_features(tmp_path):
             blk.attn.relative_position_bias_table.normal_()
         source.fc_norm.weight.normal_()
     path = export_encoder(source, tmp_path / "encoder.pt")
-    model = make(pretrained=str(path)).eval()
+    model = make().eval()
+    report = load_encoder_weights(model, str(path))
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         expected = source.forward_head(source.forward_features(x), pre_logits=True)
         torch.testing.assert_close(model.forward_features(x), expected)
         assert not torch.allclose(make().eval().forward_features(x), expected)
-    assert model.weight_report.layout == "usfm_monai_export" and model.weight_report.missing == []
+    assert report.layout == "usfm_monai_export" and report.missing == []
 
 
 def test_pretraining_export_gets_identity_fc_norm(tmp_path):
     torch.manual_seed(4)
     source = USFMEncoder(img_size=32, drop_path_rate=0.0, use_fc_norm=False, **SMALL).eval()
     path = export_encoder(source, tmp_path / "mim_encoder.pt")
-    model = make(pretrained=str(path)).eval()
+    model = make().eval()
+    load_encoder_weights(model, str(path))
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         (last,) = source.forward_intermediates(x, indices=[1], norm=False, output_fmt="NLC", intermediates_only=True)

@@ -1,6 +1,7 @@
 """Data: datalists, organ-balanced sampling (eq. 1), synthetic ultrasound, inference inputs, dataset preparers."""
 
-from usfm_monai.data.datalist import load_datalist, resolve_datalist, write_datalist
+from usfm_monai.data.datalist import load_datalist, materialize, planned_items, resolve_datalist, write_datalist
+from usfm_monai.data.dataset import DeferredCacheDataset
 from usfm_monai.data.inference_inputs import inference_items, list_image_files
 from usfm_monai.data.sampling import (
     create_sampler,
@@ -16,6 +17,7 @@ from usfm_monai.data.synthetic import (
 )
 
 __all__ = [
+    "DeferredCacheDataset",
     "create_sampler",
     "ensure_synthetic_dataset",
     "expected_organ_shares",
@@ -25,7 +27,9 @@ __all__ = [
     "make_nested_subsets",
     "make_pretrain_datalist",
     "make_synthetic_dataset",
+    "materialize",
     "organ_balanced_weights",
+    "planned_items",
     "resolve_datalist",
     "synthesize_image",
     "synthesize_pair",

@@ -19,13 +19,15 @@ The ``"synthetic"`` default is generated into the bundle by :mod:`usfm_monai.dat
 with ``resolve_datalist(..., defer=True)``, which returns a :class:`DeferredDatalist`: its length and items are
 known (and checked) from the generation parameters, and the images are only written when something first reads an
 item, or when the bundle's ``run`` step calls :func:`materialize`. So parsing a config, or building a ``Dataset``
-and its ``DataLoader`` (``ConfigWorkflow.check_properties()``), writes nothing; a ``CacheDataset`` or an
-organ-balanced sampler reads the items, so it generates them.
+(or a :class:`~usfm_monai.data.dataset.DeferredCacheDataset`), its organ-balanced sampler and its ``DataLoader``
+(``ConfigWorkflow.check_properties()``) writes nothing; code that only needs the items' labels or organs reads
+:func:`planned_items`.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -362,8 +364,9 @@ class DeferredDatalist(Sequence):
       the files exist first: the dataset is generated into ``synthetic_dir`` (or reused) by
       :func:`usfm_monai.data.synthetic.ensure_synthetic_dataset` (idempotent, atomic, safe across processes and
       DDP ranks) and its ``datalist.json`` is loaded and checked by :func:`resolve_datalist` (``check_files``),
-      with the same errors as before; then the checked items are served. A ``CacheDataset``, which reads every
-      item when built, or an organ-balanced sampler, which reads every item's organ, therefore generates it.
+      with the same errors as before; then the checked items are served. A plain ``CacheDataset``, which reads
+      every item when built, therefore generates it; :class:`~usfm_monai.data.dataset.DeferredCacheDataset`
+      waits, and :func:`planned_items` gives the items (organs, labels) without generating.
 
     The bundles' ``run`` step calls :func:`materialize`, so the files are written by the main process before the
     loaders start their workers.
@@ -411,6 +414,22 @@ class DeferredDatalist(Sequence):
         if task == "classification" and "label" in self.required_keys:
             check_class_labels(self._planned, num_classes, self.class_names, where=f"section {section!r} of {path}")
         self._items: list[dict[str, Any]] | None = None
+        self._lock = threading.Lock()  # a CacheDataset reads items from a thread pool: generate once
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers started by spawn receive a pickled copy
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def planned(self) -> list[dict[str, Any]]:
+        """The section's items as planned from the generation parameters (the items it serves once generated);
+        reading them generates nothing, so their files may not exist yet."""
+        return self._planned
 
     @property
     def materialized(self) -> bool:
@@ -419,19 +438,23 @@ class DeferredDatalist(Sequence):
 
     def materialize(self) -> DeferredDatalist:
         """Generate the dataset (or reuse it) and load and check its section; idempotent. Returns ``self``."""
-        if self._items is None:
-            items = resolve_datalist(
-                "synthetic", None, self.section, self.task, self.synthetic_dir, self.required_keys,
-                self.synthetic_kwargs, self.check_files, self.num_classes, self.class_names,
-            )
-            if items != self._planned:
-                raise RuntimeError(
-                    f"the synthetic dataset in {self.synthetic_dir} does not hold the planned items of section "
-                    f"{self.section!r} ({len(items)} items, {len(self._planned)} planned); this is a bug in "
-                    "usfm_monai.data.synthetic."
-                )
-            self._items = items
+        with self._lock:
+            if self._items is None:
+                self._items = self._generate()
         return self
+
+    def _generate(self) -> list[dict[str, Any]]:
+        items = resolve_datalist(
+            "synthetic", None, self.section, self.task, self.synthetic_dir, self.required_keys,
+            self.synthetic_kwargs, self.check_files, self.num_classes, self.class_names,
+        )
+        if items != self._planned:
+            raise RuntimeError(
+                f"the synthetic dataset in {self.synthetic_dir} does not hold the planned items of section "
+                f"{self.section!r} ({len(items)} items, {len(self._planned)} planned); this is a bug in "
+                "usfm_monai.data.synthetic."
+            )
+        return items
 
     def __len__(self) -> int:
         return len(self._planned)
@@ -460,14 +483,24 @@ class DeferredDatalist(Sequence):
 def materialize(*objects: Any) -> None:
     """Generate the deferred synthetic data behind ``objects`` now (the bundles call it in their ``run`` step).
 
-    Each object is a :class:`DeferredDatalist`, or a dataset (or other object) whose ``data`` attribute is one;
-    anything else (a real datalist, a dataset over one, ``None``) is left alone. Calling it in the main process
-    before the loaders start writes the files once, instead of in the first DataLoader worker that reads an item.
+    Each object is a :class:`DeferredDatalist`, a :class:`~usfm_monai.data.dataset.DeferredCacheDataset` (whose
+    cache is then filled), or a dataset whose ``data`` is deferred (anything with a ``materialize()`` method, such
+    as :class:`~usfm_monai.data.inference_inputs.SyntheticImageItems`); anything else (a real datalist, a dataset
+    over one, ``None``) is left alone. Calling it in the main process before the
+    loaders start writes the files once, instead of in the first DataLoader worker that reads an item.
     """
     for obj in objects:
-        data = obj if isinstance(obj, DeferredDatalist) else getattr(obj, "data", None)
-        if isinstance(data, DeferredDatalist):
-            data.materialize()
+        for target in (obj, getattr(obj, "data", None)):
+            if callable(getattr(target, "materialize", None)):
+                target.materialize()
+                break
+
+
+def planned_items(data: Any) -> Any:
+    """The items of a datalist, read without generating deferred data: a :class:`DeferredDatalist`'s planned items
+    (:attr:`DeferredDatalist.planned`, the items it serves once generated) or ``data`` itself. For code that needs
+    only the items' fields (labels, organs), not their files."""
+    return data.planned if isinstance(data, DeferredDatalist) else data
 
 
 def _relative(value: Any, base_dir: str) -> Any:

@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from usfm_monai.data.datalist import resolve_datalist
+from usfm_monai.data.datalist import DeferredDatalist, resolve_datalist
 from usfm_monai.data.dicom import dicom_num_frames, is_dicom, read_dicom_header, ultrasound_region
 
 __all__ = ["IMAGE_EXTENSIONS", "list_image_files", "probe_image", "InferenceInputs", "inference_items"]
@@ -106,7 +106,9 @@ class InferenceInputs:
             with ``SelectFramed``); when ``False``, such files are listed as failures.
 
     Attributes:
-        items: ``[{"image": path}, ...]`` (plus ``"frame"`` for frames of multi-frame DICOM files).
+        items: ``[{"image": path}, ...]`` (plus ``"frame"`` for frames of multi-frame DICOM files); for the synthetic
+            default a :class:`SyntheticImageItems`, whose images are generated when an item is first read or on
+            ``usfm_monai.data.datalist.materialize`` (the bundles' ``run`` step), not when a config is read.
         failures: ``[(path, reason), ...]`` of the skipped files.
         no_region: DICOM files without an ultrasound-region header (their whole frame is used).
 
@@ -128,16 +130,16 @@ class InferenceInputs:
         self.failures: list[tuple[str, str]] = []
         self.no_region: list[str] = []
         if dataset_dir == "synthetic":
-            items = resolve_datalist(
+            planned = resolve_datalist(
                 "synthetic", None, section=section, task=task, synthetic_dir=synthetic_dir,
-                required_keys=("image",), synthetic_kwargs=synthetic_kwargs,
+                required_keys=("image",), synthetic_kwargs=synthetic_kwargs, defer=True,
             )
-            if not items:
+            if not len(planned):
                 raise ValueError(
                     f"the synthetic '{task}' dataset in {synthetic_dir} has no '{section}' images; pick another "
                     "section or point dataset_dir at an image file or folder."
                 )
-            self.items = [{"image": item["image"]} for item in items]
+            self.items = SyntheticImageItems(planned)
             return
         files = list_image_files(dataset_dir, extensions)
         self.items = []
@@ -185,6 +187,30 @@ class InferenceInputs:
             )
 
 
+class SyntheticImageItems(Sequence):
+    """``{"image": path}`` items of one section of the deferred synthetic dataset, generated when first read.
+
+    Args:
+        datalist: the section, a :class:`~usfm_monai.data.datalist.DeferredDatalist`.
+    """
+
+    def __init__(self, datalist: DeferredDatalist) -> None:
+        self.datalist = datalist
+
+    def __len__(self) -> int:
+        return len(self.datalist)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return {"image": self.datalist[index]["image"]}
+
+    def materialize(self) -> SyntheticImageItems:
+        """Generate the images now (idempotent). Returns ``self``."""
+        self.datalist.materialize()
+        return self
+
+
 def inference_items(
     dataset_dir: str,
     task: str,
@@ -203,4 +229,4 @@ def inference_items(
     """
     inputs = InferenceInputs(dataset_dir, task, synthetic_dir, synthetic_kwargs, section, extensions, expand_frames)
     inputs.raise_failures()
-    return inputs.items
+    return list(inputs.items)

@@ -29,6 +29,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
+from usfm_monai.data.datalist import planned_items
 from usfm_monai.utils import ensure_bool
 
 __all__ = ["organ_balanced_weights", "expected_organ_shares", "get_organs", "create_sampler"]
@@ -101,7 +102,8 @@ def get_organs(data: Any, organ_key: str = "organ") -> list[Hashable]:
 
     Args:
         data: a sequence of dicts such as a decathlon datalist section, or a MONAI ``Dataset`` (its ``data``
-            attribute is read, so no transform runs).
+            attribute is read, so no transform runs); a deferred synthetic datalist is read from its plan
+            (:func:`~usfm_monai.data.datalist.planned_items`), so nothing is generated.
         organ_key: the key holding the organ name.
 
     Returns:
@@ -111,7 +113,7 @@ def get_organs(data: Any, organ_key: str = "organ") -> list[Hashable]:
         TypeError: when ``data`` is not a sequence or an item is not a mapping.
         KeyError: naming the item index and ``organ_key`` when an item lacks the key.
     """
-    items = getattr(data, "data", data)
+    items = planned_items(getattr(data, "data", data))
     if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Sequence):
         raise TypeError(f"data must be a sequence of dicts (a datalist) or a MONAI Dataset, got {type(data).__name__}.")
     organs = []

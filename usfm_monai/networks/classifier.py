@@ -18,7 +18,6 @@ from usfm_monai.networks.encoder import (
     check_encoder_kwargs,
     create_usfm_encoder,
 )
-from usfm_monai.networks.weights import WeightLoadReport, load_encoder_weights
 
 __all__ = ["USFMClassifier"]
 
@@ -27,7 +26,9 @@ class USFMClassifier(nn.Module):
     """USFM encoder, mean-pooled patch tokens, ``fc_norm``, dropout and a linear head.
 
     The head lives outside the encoder (``self.head``), so pre-trained encoder weights load strictly and the
-    layer-wise learning-rate decay gives the head the full learning rate.
+    layer-wise learning-rate decay gives the head the full learning rate. The network is built with random weights;
+    pretrained encoder weights are loaded into it by :func:`~usfm_monai.networks.weights.load_encoder_weights`
+    (the bundles' ``encoder_weights`` config item), so building one never reads a file.
 
     Args:
         num_classes: classes K.
@@ -36,13 +37,7 @@ class USFMClassifier(nn.Module):
         in_chans: input channels.
         drop_path_rate: encoder stochastic depth rate.
         head_drop: dropout before the head.
-        pretrained: encoder weights file (any layout of :func:`~usfm_monai.networks.weights.load_encoder_weights`);
-            ``None`` = random initialization.
-        strict: strict key matching when loading ``pretrained``.
         encoder_kwargs: other :class:`~usfm_monai.networks.encoder.USFMEncoder` arguments.
-
-    Attributes:
-        weight_report: the :class:`~usfm_monai.networks.weights.WeightLoadReport` of ``pretrained`` (or ``None``).
 
     Raises:
         ValueError: ``num_classes < 1`` or bad encoder arguments.
@@ -56,8 +51,6 @@ class USFMClassifier(nn.Module):
         in_chans: int = 1,
         drop_path_rate: float = 0.1,
         head_drop: float = 0.0,
-        pretrained: Optional[str] = None,
-        strict: bool = True,
         encoder_kwargs: Optional[Mapping[str, Any]] = None,
     ) -> None:
         super().__init__()
@@ -86,9 +79,6 @@ class USFMClassifier(nn.Module):
             self.head.weight.mul_(0.001)
         nn.init.zeros_(self.head.bias)
 
-        self.weight_report: Optional[WeightLoadReport] = None
-        if pretrained is not None:
-            self.weight_report = load_encoder_weights(self.encoder, pretrained, strict=strict)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled, normalized image features.

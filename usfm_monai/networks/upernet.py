@@ -24,7 +24,6 @@ from usfm_monai.networks.encoder import (
     check_encoder_kwargs,
     create_usfm_encoder,
 )
-from usfm_monai.networks.weights import WeightLoadReport, load_encoder_weights
 
 __all__ = ["USFMSegmenter", "UPerHead", "FCNHead", "default_out_indices"]
 
@@ -145,6 +144,10 @@ class USFMSegmenter(nn.Module):
     ``(B, K, H, W)``) for ``monai.losses.DeepSupervisionLoss(DiceCELoss(...), weights=[1.0, 0.4])``; otherwise (eval
     mode, or ``aux_head=False``) only ``main_logits``, so inferers and MONAI Label get one tensor.
 
+    The network is built with random weights (the paper's "UperNet" baseline); pretrained encoder weights are loaded
+    into it by :func:`~usfm_monai.networks.weights.load_encoder_weights` (the bundles' ``encoder_weights`` config
+    item), so building one never reads a file.
+
     Args:
         num_classes: classes K (background included).
         size: encoder size (``"tiny"``, ``"small"``, ``"base"``, ``"large"``).
@@ -160,13 +163,7 @@ class USFMSegmenter(nn.Module):
         dropout: dropout before each classifier.
         norm: MONAI norm for the head (``"batch"``; ``("group", {"num_groups": 32})`` for batch-1 training).
             Batch norm is fine for batch-1 inference in eval mode.
-        pretrained: encoder weights file (any layout of :func:`~usfm_monai.networks.weights.load_encoder_weights`);
-            ``None`` = random initialization (the paper's "UperNet" baseline).
-        strict: strict key matching when loading ``pretrained``.
         encoder_kwargs: other :class:`~usfm_monai.networks.encoder.USFMEncoder` arguments (e.g. ``depth``).
-
-    Attributes:
-        weight_report: the :class:`~usfm_monai.networks.weights.WeightLoadReport` of ``pretrained`` (or ``None``).
 
     Raises:
         ValueError: bad ``out_indices``, ``aux_in_index``, ``num_classes`` or encoder arguments.
@@ -187,8 +184,6 @@ class USFMSegmenter(nn.Module):
         drop_path_rate: float = 0.1,
         dropout: float = 0.1,
         norm: NormType = "batch",
-        pretrained: Optional[str] = None,
-        strict: bool = True,
         encoder_kwargs: Optional[Mapping[str, Any]] = None,
     ) -> None:
         super().__init__()
@@ -211,9 +206,6 @@ class USFMSegmenter(nn.Module):
         self.out_indices: Tuple[int, ...] = tuple(indices)
         self.num_classes = num_classes
 
-        self.weight_report: Optional[WeightLoadReport] = None
-        if pretrained is not None:
-            self.weight_report = load_encoder_weights(self.encoder, pretrained, strict=strict)
         # the dense head reads raw block outputs: drop the final norms and blocks after the last level, so that
         # every parameter gets a gradient (DistributedDataParallel requires it)
         self.encoder.prune_intermediate_layers(list(self.out_indices), prune_norm=True, prune_head=True)

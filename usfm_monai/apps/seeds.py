@@ -8,7 +8,7 @@ metrics JSON is read: either a flat ``{"metrics": {name: value}}`` (``Classifica
 
 Example (the classification bundle, three seeds, CPU-sized)::
 
-    from usfm_monai.seeds import run_seeds
+    from usfm_monai.apps.seeds import run_seeds
     run_seeds(["bundles/cls_busi/configs/train.json", "bundles/cls_busi/configs/quick.json"], seeds=[0, 1, 2],
               output_dir="runs/cls_busi_seeds",
               eval_config_files=["bundles/cls_busi/configs/train.json", "bundles/cls_busi/configs/quick.json",
@@ -26,16 +26,16 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from usfm_monai.io import read_json, save_text_atomic
+from usfm_monai.apps.bundle_runner import bundle_command, child_env, read_metrics, run_logged, write_run_args
+from usfm_monai.io import save_text_atomic
 
-__all__ = ["bundle_command", "read_metrics", "run_seeds", "summarize_seeds"]
+__all__ = ["run_seeds", "summarize_seeds"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,46 +48,6 @@ def _as_list(value: Any, name: str) -> list[str]:
     if isinstance(value, Sequence) and value and all(isinstance(v, (str, os.PathLike)) for v in value):
         return [os.fspath(v) for v in value]
     raise TypeError(f"{name} must be a config file path or a non-empty list of paths, got {value!r}.")
-
-
-def bundle_command(
-    config_files: Sequence[str],
-    args_file: str,
-    python: str = sys.executable,
-    logging_file: str | None = None,
-) -> list[str]:
-    """The ``monai.bundle run`` command line for ``config_files``, every other argument in ``args_file``."""
-    cmd = [python, "-m", "monai.bundle", "run", "--config_file", json.dumps(list(config_files)),
-           "--args_file", args_file]
-    if logging_file is not None:
-        cmd += ["--logging_file", logging_file]
-    return cmd
-
-
-def read_metrics(path: str) -> dict[str, float]:
-    """Read a metrics JSON: ``{"metrics": {name: float}}`` or ``{"metrics": {name: {"mean": float, ...}}}``.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist (the run wrote no metrics there).
-        ValueError: invalid JSON, or no non-empty ``metrics`` mapping.
-        TypeError: a metric is neither a number nor ``{"mean": number, ...}``.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"metrics file {path} does not exist: check metrics_file and the run's log.")
-    data = read_json(path, "metrics file")
-    metrics = data.get("metrics") if isinstance(data, dict) else None
-    if not isinstance(metrics, dict) or not metrics:
-        raise ValueError(f"metrics file {path} must hold a non-empty 'metrics' mapping, got {type(metrics).__name__}.")
-    out: dict[str, float] = {}
-    for name, value in metrics.items():
-        if isinstance(value, dict):
-            value = value.get("mean")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(
-                f"metric {name!r} in {path} must be a number or {{'mean': number, ...}}, got {metrics[name]!r}."
-            )
-        out[str(name)] = float(value)
-    return out
 
 
 def summarize_seeds(per_seed: Mapping[Any, Mapping[str, float]], ddof: int = 1) -> dict[str, dict[str, float]]:
@@ -120,24 +80,14 @@ def summarize_seeds(per_seed: Mapping[Any, Mapping[str, float]], ddof: int = 1) 
 
 
 def _run(cmd: list[str], log_path: str, env: Mapping[str, str], what: str) -> None:
-    with open(log_path, "w") as log:
-        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(env), check=False)
-    if result.returncode != 0:
+    code = run_logged(cmd, log_path, env)
+    if code != 0:
         with open(log_path) as log:
             tail = log.read()[-_LOG_TAIL:]
         raise RuntimeError(
-            f"{what} failed with exit code {result.returncode}; full log: {log_path}\n"
+            f"{what} failed with exit code {code}; full log: {log_path}\n"
             f"command: {' '.join(cmd)}\n--- log tail ---\n{tail}"
         )
-
-
-def _child_env(extra_env: Mapping[str, str] | None) -> dict[str, str]:
-    env = dict(os.environ)
-    # the child processes must import the same usfm_monai as this process, installed or from a source tree
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
-    env.update(dict(extra_env or {}))
-    return env
 
 
 def run_seeds(
@@ -158,7 +108,8 @@ def run_seeds(
     For each seed ``s``: ``python -m monai.bundle run --config_file <config_files>`` with ``bundle_root =
     <output_dir>/seed_<s>``, ``<seed_key> = s`` and ``overrides``; then, when ``eval_config_files`` is given, the
     same for those configs (e.g. ``train.json`` + ``evaluate.json`` to score the best checkpoint on the test
-    split). The run's ``<bundle_root>/<metrics_file>`` is read with :func:`read_metrics`. Logs go to
+    split). The run's ``<bundle_root>/<metrics_file>`` is read with
+    :func:`~usfm_monai.apps.bundle_runner.read_metrics`. Logs go to
     ``<bundle_root>/train.log`` and ``evaluate.log``.
 
     Writes ``<output_dir>/seeds_summary.json`` (``{"seeds", "runs": {seed: {metric: value}}, "metrics":
@@ -208,7 +159,7 @@ def run_seeds(
             raise ValueError(f"overrides must not set {reserved!r}: run_seeds sets it for every seed.")
     output_dir = os.path.abspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    child_env = _child_env(env)
+    run_env = child_env(env)
 
     runs: dict[int, dict[str, float]] = {}
     for seed in seeds:
@@ -216,14 +167,13 @@ def run_seeds(
         root = os.path.join(output_dir, f"seed_{seed}")
         os.makedirs(root, exist_ok=True)
         args = {**overrides, "bundle_root": root, seed_key: seed}
-        args_file = os.path.join(root, "run_args.json")
-        save_text_atomic(json.dumps(args, indent=2) + "\n", args_file)
+        args_file = write_run_args(args, os.path.join(root, "run_args.json"))
         logger.info(f"seed {seed}: running {configs} into {root}")
-        _run(bundle_command(configs, args_file, python, logging_file), os.path.join(root, "train.log"), child_env,
+        _run(bundle_command(configs, args_file, python, logging_file), os.path.join(root, "train.log"), run_env,
              f"seed {seed} run of {configs}")
         if eval_configs is not None:
             _run(bundle_command(eval_configs, args_file, python, logging_file), os.path.join(root, "evaluate.log"),
-                 child_env, f"seed {seed} evaluation with {eval_configs}")
+                 run_env, f"seed {seed} evaluation with {eval_configs}")
         metrics_path = metrics_file.format(seed=seed)
         runs[seed] = read_metrics(metrics_path if os.path.isabs(metrics_path) else os.path.join(root, metrics_path))
         logger.info(f"seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in runs[seed].items()))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import fire
 
-from usfm_monai.authors_weights import convert_authors_weights_command
+from usfm_monai.apps.authors_weights import convert_authors_weights_command
 from usfm_monai.data.prepare import (
     prepare_busi_classification,
     prepare_busi_pretrain,
@@ -27,10 +27,10 @@ from usfm_monai.data.prepare import (
     prepare_usenhance,
 )
 from usfm_monai.data.synthetic import make_synthetic_dataset
-from usfm_monai.experiments.grid import run_grid
-from usfm_monai.packaging import pack_bundle_command
+from usfm_monai.apps.experiments.grid import run_grid
+from usfm_monai.apps.packaging import pack_bundle_command
 from usfm_monai.probe import probe_encoder
-from usfm_monai.seeds import run_seeds
+from usfm_monai.apps.seeds import run_seeds
 
 __all__ = ["COMMANDS", "main"]
 

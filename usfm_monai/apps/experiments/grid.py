@@ -15,7 +15,7 @@ organ-balanced sampling (USFM-woS). :func:`run_grid` runs both from one JSON pre
    [...] --args_file <cell>/run_args.json``; the args set ``bundle_root``, ``dataset_dir``, ``datalist_file`` =
    the subset, ``seed`` and the preset's overrides), then the same configs + the bundle's evaluation configs
    (test split). The evaluation's metrics file (``eval/classification_report.json`` of ``cls_busi``,
-   ``eval/test/summary.json`` of ``seg_tn3k``) is read with :func:`usfm_monai.seeds.read_metrics`.
+   ``eval/test/summary.json`` of ``seg_tn3k``) is read with :func:`usfm_monai.apps.bundle_runner.read_metrics`.
 4. the results table (``results.csv`` / ``results.json``: task, method, ratio, seed, every metric), the mean ±
    std table (``summary.csv``) and the figures (``plots/label_efficiency.png``, ``plots/ablation.png``).
 
@@ -62,26 +62,25 @@ import math
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from usfm_monai.apps.bundle_runner import bundle_command, child_env, read_metrics, run_logged, write_run_args
+from usfm_monai.apps.experiments.plots import (
+    aggregate_results,
+    plot_ablation,
+    plot_label_efficiency,
+)
 from usfm_monai.data.subsets import (
     make_nested_subsets,
     make_pretrain_datalist,
     subset_filename,
 )
-from usfm_monai.experiments.plots import (
-    aggregate_results,
-    plot_ablation,
-    plot_label_efficiency,
-)
 from usfm_monai.io import save_text_atomic
-from usfm_monai.seeds import bundle_command, read_metrics
 
-__all__ = ["CellRunner", "GridError", "load_preset", "plan_grid", "run_grid", "subprocess_runner"]
+__all__ = ["CellRunner", "GridError", "load_preset", "plan_grid", "run_grid"]
 
 #: ``runner(cmd, log_path, env) -> exit code``: runs one bundle command, its output going to ``log_path``.
 CellRunner = Callable[[Sequence[str], str, Mapping[str, str]], int]
@@ -106,12 +105,6 @@ class GridError(RuntimeError):
     def __init__(self, message: str, failures: list[dict[str, Any]]) -> None:
         super().__init__(message)
         self.failures = failures
-
-
-def subprocess_runner(cmd: Sequence[str], log_path: str, env: Mapping[str, str]) -> int:
-    """Run ``cmd`` with stdout and stderr in ``log_path``; return its exit code (the default :data:`CellRunner`)."""
-    with open(log_path, "w") as log:
-        return subprocess.run(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=dict(env), check=False).returncode
 
 
 def _write_json(data: Any, path: str) -> None:
@@ -446,14 +439,6 @@ def plan_grid(
     return {"pretraining": steps, "tasks": plan_tasks, "cells": cells, "ratios": ratio_list, "seeds": seed_list}
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # the bundle processes must import the same usfm_monai as this process, installed or from a source tree
-    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
 def _log(message: str, start: float) -> None:
     elapsed = time.monotonic() - start
     print(f"[grid {int(elapsed // 3600):d}:{int(elapsed % 3600 // 60):02d}:{int(elapsed % 60):02d}] {message}", flush=True)
@@ -552,7 +537,7 @@ def run_grid(
         pretrain_overrides: config ids set in every pretraining step (same caveat).
         dry_run: print the plan (steps, commands, which are finished) and return it; nothing is run or written.
         python: interpreter of the bundle runs; default: the preset's ``python`` or this interpreter.
-        runner: runs one command (tests inject a fake); default :func:`subprocess_runner`.
+        runner: runs one command (tests inject a fake); default :func:`~usfm_monai.apps.bundle_runner.run_logged`.
         raise_on_failure: raise :class:`GridError` at the end when a step failed (after writing the tables).
 
     Returns:
@@ -580,8 +565,8 @@ def run_grid(
                   f"  eval:  {shlex.join(cell['eval_cmd'])}\n  args: {json.dumps(cell['args'])}")
         return plan
 
-    runner = runner or subprocess_runner
-    env = _child_env()
+    runner = runner or run_logged
+    env = child_env()
     os.makedirs(output_dir, exist_ok=True)
     failures: list[dict[str, Any]] = []
     failed_pretraining: set[str] = set()
@@ -594,7 +579,7 @@ def run_grid(
         os.makedirs(step["root"], exist_ok=True)
         if step["datalist"] is not None:
             make_pretrain_datalist(step["datalist"]["from"], step["datalist"]["output"], step["datalist"]["organ"])
-        _write_json(step["args"], step["args_file"])
+        write_run_args(step["args"], step["args_file"])
         t0 = time.monotonic()
         error = _run_step(step["cmd"], step["log"], runner, env)
         if error is None and not os.path.isfile(step["encoder"]):
@@ -628,7 +613,7 @@ def run_grid(
             continue
         num_run += 1
         os.makedirs(cell["root"], exist_ok=True)
-        _write_json(cell["args"], cell["args_file"])
+        write_run_args(cell["args"], cell["args_file"])
         error = None
         if os.path.isfile(cell["train_done"]):
             train_seconds = _read_json(cell["train_done"]).get("seconds")

@@ -1,6 +1,6 @@
 """Figures of the label-efficiency (paper Fig. 10) and ablation (paper Fig. 11) experiments.
 
-Both figures are drawn from the rows of a grid's results table (:func:`usfm_monai.experiments.grid.run_grid`),
+Both figures are drawn from the rows of a grid's results table (:func:`usfm_monai.apps.experiments.grid.run_grid`),
 one row per trained and evaluated cell ``{"task", "method", "ratio", "seed", "metrics": {name: value}}``.
 Figures are built with ``matplotlib.figure.Figure`` + ``FigureCanvasAgg`` (no ``pyplot`` global state, safe in
 worker processes and without a display).

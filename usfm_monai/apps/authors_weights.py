@@ -36,7 +36,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 from usfm_monai.io import atomic_write, load_torch_file, save_json_atomic
 from usfm_monai.networks.encoder import USFM_SIZES, create_usfm_encoder
 from usfm_monai.networks.weights import AUTHORS_SHARED_TABLE_KEY, export_encoder, load_encoder_weights
-from usfm_monai.packaging import file_sha256
+from usfm_monai.apps.packaging import file_sha256
 
 __all__ = ["BUNDLE_IMG_SIZE", "BUNDLE_CONFIG_ID", "convert_authors_weights", "convert_authors_weights_command"]
 

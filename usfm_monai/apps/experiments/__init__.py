@@ -1,13 +1,12 @@
 """Label-efficiency and ablation experiments (paper §4.1.3-4.1.4, Fig. 10-11): a grid runner over the bundles."""
 
-from usfm_monai.experiments.grid import (
+from usfm_monai.apps.experiments.grid import (
     GridError,
     load_preset,
     plan_grid,
     run_grid,
-    subprocess_runner,
 )
-from usfm_monai.experiments.plots import (
+from usfm_monai.apps.experiments.plots import (
     ablation_figure,
     aggregate_results,
     label_efficiency_figure,
@@ -25,5 +24,4 @@ __all__ = [
     "plot_ablation",
     "plot_label_efficiency",
     "run_grid",
-    "subprocess_runner",
 ]
