@@ -9,8 +9,9 @@ A refactor that claims "behaviour unchanged" is measured with it::
     python benchmarks/compare_quick_runs.py run --repo . --out /tmp/cmp/after
     python benchmarks/compare_quick_runs.py compare /tmp/cmp/before /tmp/cmp/after
 
-``run`` copies each bundle of ``--repo`` to ``--out`` and runs it there with ``PYTHONPATH=--repo`` and one
-thread (so the two sides use the same kernels), on the bundle's synthetic default. ``compare`` prints one row
+``run`` runs each bundle of ``--repo`` with ``PYTHONPATH=--repo`` and one thread (so the two sides use the same
+kernels), on the bundle's synthetic default, at one fixed path (``--work_dir``, the same for both sides: absolute
+paths reach some results), and then moves the results to ``--out``. Run the two sides one after the other. ``compare`` prints one row
 per bundle and kind: how many values were compared and the largest absolute difference, marked ``same`` when it
 is at most ``--atol`` (1e-6).
 """
@@ -23,6 +24,7 @@ import glob
 import json
 import os
 import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -30,6 +32,7 @@ import numpy as np
 from usfm_monai.apps.bundle_runner import bundle_command, child_env, run_logged
 
 BUNDLES = ("pretrain_usfm", "seg_tn3k", "cls_busi", "enhance_usenhance")
+WORK_DIR = os.path.join(tempfile.gettempdir(), "usfm_quick_runs")  # one path for every checkout: see run_bundle
 IMAGE_SUFFIXES = (".png", ".nii.gz", ".nii")
 
 __all__ = ["run_bundle", "collect", "compare"]
@@ -46,17 +49,22 @@ def _monai_run(bundle_dir: str, repo: str, configs: list[str], log: str) -> floa
     return time.perf_counter() - start
 
 
-def run_bundle(repo: str, out: str, name: str) -> dict[str, float]:
-    """Copy bundle ``name`` of ``repo`` to ``out/name`` and run train, evaluate (when the bundle has one) and
-    inference on its quick config; returns the seconds each took."""
-    src, dst = os.path.join(repo, "bundles", name), os.path.join(out, name)
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("data", "eval", "*.pt", ".usfm_monai.lock"))
-    seconds = {"train": _monai_run(dst, repo, ["train.json", "quick.json"], os.path.join(dst, "train.log"))}
-    if os.path.isfile(os.path.join(dst, "configs", "evaluate.json")):
-        seconds["evaluate"] = _monai_run(dst, repo, ["train.json", "quick.json", "evaluate.json"],
-                                         os.path.join(dst, "evaluate.log"))
-    seconds["infer"] = _monai_run(dst, repo, ["inference.json", "quick.json"], os.path.join(dst, "infer.log"))
+def run_bundle(repo: str, name: str, work_dir: str = WORK_DIR) -> dict[str, float]:
+    """Run bundle ``name`` of ``repo`` (train, evaluate when the bundle has one, inference; quick config) in
+    ``work_dir/name``; returns the seconds each step took.
+
+    Every checkout runs at the same path, so that nothing that depends on absolute paths (the synthetic data's
+    file names in the metadata, for instance) differs between the two sides. The bundles are siblings there, as in
+    ``bundles/``: the enhancement bundle reads the pretraining bundle's encoder by default.
+    """
+    src, run_dir = os.path.join(repo, "bundles", name), os.path.join(work_dir, name)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.copytree(src, run_dir, ignore=shutil.ignore_patterns("data", "eval", "*.pt", ".usfm_monai.lock"))
+    seconds = {"train": _monai_run(run_dir, repo, ["train.json", "quick.json"], os.path.join(run_dir, "train.log"))}
+    if os.path.isfile(os.path.join(run_dir, "configs", "evaluate.json")):
+        seconds["evaluate"] = _monai_run(run_dir, repo, ["train.json", "quick.json", "evaluate.json"],
+                                         os.path.join(run_dir, "evaluate.log"))
+    seconds["infer"] = _monai_run(run_dir, repo, ["inference.json", "quick.json"], os.path.join(run_dir, "infer.log"))
     return seconds
 
 
@@ -173,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--repo", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     run.add_argument("--out", required=True)
     run.add_argument("--bundles", nargs="+", default=list(BUNDLES), choices=BUNDLES)
+    run.add_argument("--work_dir", default=WORK_DIR, help="where the bundles run (the same for both checkouts)")
     cmp = sub.add_parser("compare", help="compare two `run` outputs")
     cmp.add_argument("before")
     cmp.add_argument("after")
@@ -182,8 +191,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "run":
         os.makedirs(args.out, exist_ok=True)
         for name in args.bundles:
-            seconds = run_bundle(args.repo, args.out, name)
+            seconds = run_bundle(args.repo, name, args.work_dir)
             print(name, json.dumps({k: round(v, 1) for k, v in seconds.items()}), flush=True)
+        for name in args.bundles:  # after all of them: a later bundle may read an earlier one's outputs
+            shutil.rmtree(os.path.join(args.out, name), ignore_errors=True)
+            shutil.move(os.path.join(args.work_dir, name), os.path.join(args.out, name))
         return
     print(f"{'bundle':<18} {'kind':<10} {'compared':>8} {'max |diff|':>12}  verdict")
     for row in compare(args.before, args.after, args.atol, args.bundles):

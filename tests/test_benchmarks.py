@@ -106,3 +106,41 @@ def test_gpu_check_cpu_smoke_end_to_end(tmp_path):
             assert row["status"] == "ok", row
     assert all(r["images_per_s"] > 0 for r in rows[:5] if r["status"] == "ok")
     assert "stage" in proc.stdout and "images/s" in proc.stdout  # the table was printed
+
+
+def _fake_run(root, weight: float, dice: float, pixel: int) -> None:
+    """What a bundle run leaves behind: TensorBoard scalars, an evaluation CSV, weights and an inference image."""
+    from PIL import Image
+    from torch.utils.tensorboard import SummaryWriter
+
+    os.makedirs(root / "models")
+    os.makedirs(root / "eval" / "inference")
+    writer = SummaryWriter(str(root / "eval" / "tensorboard"))
+    writer.add_scalar("val_dice", dice, 1)
+    writer.close()
+    (root / "eval" / "dice_raw.csv").write_text(f"filename,class0\na.png,{dice}\n")
+    torch.save({"model": {"w": torch.full((2,), weight)}}, root / "models" / "model.pt")
+    Image.fromarray(np.full((4, 4), pixel, np.uint8)).save(root / "eval" / "inference" / "a_seg.png")
+
+
+def test_quick_run_comparison_finds_each_kind_of_difference(tmp_path):
+    import compare_quick_runs
+
+    _fake_run(tmp_path / "a" / "seg_tn3k", weight=1.0, dice=0.5, pixel=0)
+    _fake_run(tmp_path / "b" / "seg_tn3k", weight=1.0, dice=0.5, pixel=0)
+    _fake_run(tmp_path / "c" / "seg_tn3k", weight=1.0 + 1e-3, dice=0.5, pixel=255)
+    same = compare_quick_runs.compare(str(tmp_path / "a"), str(tmp_path / "b"), bundles=["seg_tn3k"])
+    assert {r["kind"]: (r["compared"], r["verdict"]) for r in same} == {
+        "scalars": (1, "same"), "eval_csv": (1, "same"), "eval_json": (0, "same"), "weights": (1, "same"),
+        "images": (1, "same")}
+    other = {r["kind"]: r for r in compare_quick_runs.compare(str(tmp_path / "a"), str(tmp_path / "c"),
+                                                              bundles=["seg_tn3k"])}
+    assert other["weights"]["verdict"] == "DIFFERENT" and other["weights"]["max_abs_diff"] == pytest.approx(1e-3, rel=1e-4)
+    assert other["images"]["max_abs_diff"] == 255 and other["scalars"]["verdict"] == "same"
+
+
+def test_reading_the_pretraining_config_writes_no_data():
+    import bench_check_properties
+
+    seconds, written = bench_check_properties.check_properties_seconds("pretrain_usfm", "infer")
+    assert written == 0 and seconds > 0

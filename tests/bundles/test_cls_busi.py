@@ -70,7 +70,7 @@ def test_missing_pretrained_file_is_a_clear_error(tmp_path, bundle, settings):
     parser = bundle.parser(["train.json", "quick.json"], **settings(tmp_path, pretrained=missing))
     parser.get_parsed_content("network_def")  # building the network reads no file
     with pytest.raises(Exception) as info:
-        parser.get_parsed_content("train#trainer")  # it requires encoder_weights, which loads the file
+        parser.get_parsed_content("train#handlers")  # the weights loader checks the file when it is built
     chain, error = [], info.value
     while error is not None:
         chain.append(error)
@@ -131,3 +131,29 @@ def test_train_evaluate_infer_end_to_end(tmp_path, bundle, settings, synthetic_d
         # the inference pipeline reproduces the evaluation's probabilities for the same checkpoint and image
         evaluated = np.array([float(per_image[row["image"]][f"prob_{c}"]) for c in CLASSES])
         np.testing.assert_allclose(probs, evaluated, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fine_tune_from_pretrained_weights_then_resume(tmp_path, bundle, settings):
+    """The USFM recipe end to end: encoder weights loaded at start, LP-FT head, then a resumed run that keeps its
+    trained weights (the checkpoint is loaded after the encoder file, and LP-FT is skipped)."""
+    from usfm_monai.networks import create_usfm_encoder, export_encoder
+
+    torch.manual_seed(0)
+    encoder = export_encoder(create_usfm_encoder("tiny", img_size=64), str(tmp_path / "usfm_encoder.pt"))
+    root = tmp_path / "bundle"
+    first = bundle.run(["train.json", "quick.json"], **settings(root, epochs=1, pretrained=encoder))
+    log = first.stdout + first.stderr
+    assert f"encoder weights from {encoder}" in log and "head set to the linear probe" in log
+    # mark the checkpoint's encoder: a resumed run must continue from it, not from the encoder file
+    key = "encoder.patch_embed.proj.weight"
+    checkpoint = torch.load(root / "models" / "checkpoint_last.pt", weights_only=True)
+    checkpoint["network"][key] = checkpoint["network"][key] + 1.0
+    torch.save(checkpoint, root / "models" / "checkpoint_last.pt")
+
+    resumed = bundle.run(["train.json", "quick.json"], **settings(root, epochs=2, pretrained=encoder))
+    log = resumed.stdout + resumed.stderr
+    assert "resumed from" in log and "head set to the linear probe" not in log
+    final = torch.load(root / "models" / "checkpoint_last.pt", weights_only=True)["network"][key]
+    from_file = torch.load(encoder, weights_only=True)["state_dict"]["patch_embed.proj.weight"]
+    assert (final - from_file).mean().item() == pytest.approx(1.0, abs=0.05)  # the marker survived the epoch

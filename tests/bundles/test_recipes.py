@@ -54,8 +54,10 @@ def test_fine_tuning_decays_learning_rate_with_depth(bundle, tmp_path, encoder_f
 
 
 @pytest.mark.parametrize("bundle", ["cls_busi", "seg_tn3k"])
-def test_pretrained_encoder_loads_when_the_trainer_is_built(bundle, tmp_path, encoder_file):
-    """Building the network reads no file; the ``encoder_weights`` item, which the trainer requires, loads it."""
+def test_pretrained_encoder_loads_when_training_starts(bundle, tmp_path, encoder_file):
+    """Building the network and the trainer reads no weights; the first train handler loads them at STARTED."""
+    from usfm_monai.handlers import EncoderWeightsLoader
+
     parser = ConfigParser()
     parser.read_config(_configs(bundle, "train.json", "quick.json"))
     parser.update({"bundle_root": str(tmp_path), "image_size": 128, "pretrained": encoder_file})
@@ -63,9 +65,26 @@ def test_pretrained_encoder_loads_when_the_trainer_is_built(bundle, tmp_path, en
     network = parser.get_parsed_content("network_def")
     with torch.no_grad():
         network.encoder.patch_embed.proj.weight.zero_()  # a marker: still there if nothing was loaded
-    parser.get_parsed_content("train#trainer")
+    trainer = parser.get_parsed_content("train#trainer")
+    handlers = parser.get_parsed_content("train#handlers")
+    loader = handlers[0]
+    assert isinstance(loader, EncoderWeightsLoader) and not network.encoder.patch_embed.proj.weight.any()
+    loader(trainer)
     assert torch.equal(network.encoder.patch_embed.proj.weight, exported)
-    assert parser.get_parsed_content("encoder_weights").layout == "usfm_monai_export"
+    assert loader.report.layout == "usfm_monai_export"
+    # without weights the handler is left out
+    parser.update({"pretrained": None})
+    parser.parse()
+    assert not any(isinstance(h, EncoderWeightsLoader) for h in parser.get_parsed_content("train#handlers"))
+
+
+@pytest.mark.parametrize("bundle", ["cls_busi", "seg_tn3k"])
+def test_weights_load_before_resuming_and_probing(bundle_of, bundle):
+    """Handlers of one event run in attach order: the weights, then the resumed checkpoint, then LP-FT."""
+    names = [h["_target_"].rsplit(".", 1)[-1] for h in bundle_of(bundle).load("train.json")["train"]["handlers"]]
+    order = [n for n in names if n in ("EncoderWeightsLoader", "TrainingCheckpoint", "LinearProbeHeadInit")]
+    expected = ["EncoderWeightsLoader", "TrainingCheckpoint"] + (["LinearProbeHeadInit"] if bundle == "cls_busi" else [])
+    assert order == expected
 
 
 def test_classification_loss_is_class_balanced(tmp_path):

@@ -77,6 +77,9 @@ def test_deterministic_mode_masks_each_batch_alike_on_every_pass():
     assert torch.equal(first.block_grids, prepare.masks.block_grids)
     assert torch.equal(first.band_ids, prepare.masks.band_ids)
     assert not torch.equal(first.block_grids, other.block_grids)
+    # the same files in another folder (a copied dataset, another machine) get the same masks
+    prepare(_batch(names=[f"/elsewhere/img_{i}.png" for i in range(3)]))
+    assert torch.equal(first.block_grids, prepare.masks.block_grids)
 
 
 def test_get_masks_is_the_hook_for_other_mask_distributions():

@@ -10,6 +10,7 @@ for handlers (the reconstruction figures) that show what the network saw.
 
 from __future__ import annotations
 
+import os
 import zlib
 from typing import Any
 
@@ -32,8 +33,9 @@ class DualMaskPrepareBatch(PrepareBatch):
         image_key: batch key of the images.
         seed: seed of the mask generator.
         deterministic: draw the same masks every time a batch is seen (validation): the generator is re-seeded
-            from ``seed`` and the batch's file names (``MetaTensor`` metadata), so every validation pass and
-            every rank masks an image identically. ``False`` (training): one generator, fresh masks each step.
+            from ``seed`` and the batch's file names (``MetaTensor`` metadata, without their folders), so every
+            validation pass and every rank masks an image identically, wherever the dataset lives. ``False``
+            (training): one generator, fresh masks each step.
 
     Attributes:
         generator: the training mask generator (CPU ``torch.Generator``); checkpoints save and restore it.
@@ -53,7 +55,9 @@ class DualMaskPrepareBatch(PrepareBatch):
 
     def _batch_seed(self, images: torch.Tensor) -> int:
         names = images.meta.get("filename_or_obj") if isinstance(images, MetaTensor) else None
-        text = "|".join(map(str, names)) if isinstance(names, (list, tuple)) else str(names)
+        names = names if isinstance(names, (list, tuple)) else [names]
+        # file names without folders: the validation masks (and metrics) must not change when the data moves
+        text = "|".join(os.path.basename(str(name)) for name in names)
         return (self.seed + zlib.crc32(f"{text}|{tuple(images.shape)}".encode())) % (2**63)
 
     def get_generator(self, images: torch.Tensor) -> torch.Generator:

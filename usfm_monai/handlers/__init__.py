@@ -20,6 +20,7 @@ from usfm_monai.handlers.enhancement import (
     load_target_image,
     side_by_side,
 )
+from usfm_monai.handlers.encoder_weights import EncoderWeightsLoader
 from usfm_monai.handlers.export import EncoderExport
 from usfm_monai.handlers.figures import ReconstructionFigures, masked_views
 from usfm_monai.handlers.linear_probe_head import LinearProbeHeadInit
@@ -36,6 +37,7 @@ __all__ = [
     "BestModelSaver",
     "CheckpointLoader",
     "EncoderExport",
+    "EncoderWeightsLoader",
     "GeneratorState",
     "LinearProbeHeadInit",
     "MetricSummary",

@@ -641,6 +641,17 @@ def _select_encoder(
     return selected, layout, prefix, ignored, source_window
 
 
+def existing_encoder_file(path: PathLike) -> str:
+    """``path`` as a string, or ``FileNotFoundError`` saying how to make an encoder file when it does not exist."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"encoder checkpoint file not found: {path!r}. Make one with the pretrain_usfm bundle "
+            "(models/usfm_encoder.pt) or from the authors' release with `usfm-monai convert_authors_weights`."
+        )
+    return path
+
+
 def load_encoder_weights(
     model: nn.Module,
     path_or_state_dict: Union[PathLike, Mapping],
@@ -674,12 +685,7 @@ def load_encoder_weights(
     if isinstance(path_or_state_dict, Mapping):
         source, checkpoint = "<state_dict>", path_or_state_dict
     elif isinstance(path_or_state_dict, (str, os.PathLike)):
-        source = os.fspath(path_or_state_dict)
-        if not os.path.isfile(source):
-            raise FileNotFoundError(
-                f"encoder checkpoint file not found: {source!r}. Make one with the pretrain_usfm bundle "
-                "(models/usfm_encoder.pt) or from the authors' release with `usfm-monai convert_authors_weights`."
-            )
+        source = existing_encoder_file(path_or_state_dict)
         checkpoint = load_torch_file(source, "encoder weights")
     else:
         raise TypeError(
