@@ -28,7 +28,8 @@ class USFMClassifier(nn.Module):
     The head lives outside the encoder (``self.head``), so pre-trained encoder weights load strictly and the
     layer-wise learning-rate decay gives the head the full learning rate. The network is built with random weights;
     pretrained encoder weights are loaded into it by :func:`~usfm_monai.networks.weights.load_encoder_weights`
-    (the bundles' ``encoder_weights`` config item), so building one never reads a file.
+    (in the bundles, by :class:`~usfm_monai.handlers.EncoderWeightsLoader` when training starts), so building one
+    never reads a file.
 
     Args:
         num_classes: classes K.

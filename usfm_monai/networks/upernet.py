@@ -145,8 +145,8 @@ class USFMSegmenter(nn.Module):
     mode, or ``aux_head=False``) only ``main_logits``, so inferers and MONAI Label get one tensor.
 
     The network is built with random weights (the paper's "UperNet" baseline); pretrained encoder weights are loaded
-    into it by :func:`~usfm_monai.networks.weights.load_encoder_weights` (the bundles' ``encoder_weights`` config
-    item), so building one never reads a file.
+    into it by :func:`~usfm_monai.networks.weights.load_encoder_weights` (in the bundles, by
+    :class:`~usfm_monai.handlers.EncoderWeightsLoader` when training starts), so building one never reads a file.
 
     Args:
         num_classes: classes K (background included).
