@@ -6,6 +6,7 @@ generates its images when it is built makes every check pay for it. Run from the
 
     python benchmarks/bench_check_properties.py            # every bundle, train.json and inference.json
     python benchmarks/bench_check_properties.py --bundles pretrain_usfm --workflows train
+    PYTHONPATH=/tmp/before python benchmarks/bench_check_properties.py --repo /tmp/before   # an older checkout
 
 Each check runs in a fresh temporary bundle root (nothing cached) and reports the data files written under it.
 """
@@ -23,13 +24,13 @@ BUNDLES = ("pretrain_usfm", "seg_tn3k", "cls_busi", "enhance_usenhance")
 CONFIGS = {"train": "train.json", "infer": "inference.json"}
 
 
-def check_properties_seconds(bundle: str, workflow_type: str) -> tuple[float, int]:
+def check_properties_seconds(bundle: str, workflow_type: str, repo: str = REPO) -> tuple[float, int]:
     """Seconds of ``initialize()`` + ``check_properties()`` of ``bundle``'s default config, and the number of data
     files (the synthetic default dataset) it wrote."""
     import torch
     from monai.bundle import ConfigWorkflow
 
-    configs = os.path.join(REPO, "bundles", bundle, "configs")
+    configs = os.path.join(repo, "bundles", bundle, "configs")
     root = tempfile.mkdtemp(prefix=f"check_{bundle}_")
     try:
         shutil.copytree(configs, os.path.join(root, "configs"))
@@ -68,11 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundles", nargs="+", default=list(BUNDLES), choices=BUNDLES)
     parser.add_argument("--workflows", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--repo", default=REPO, help="the checkout whose bundles are read (put its package first on "
+                        "PYTHONPATH to measure an older version)")
     args = parser.parse_args(argv)
     print(f"{'bundle':<18} {'config':<15} {'seconds':>8} {'data files':>11}")
     for bundle in args.bundles:
         for workflow_type in args.workflows:
-            seconds, written = check_properties_seconds(bundle, workflow_type)
+            seconds, written = check_properties_seconds(bundle, workflow_type, args.repo)
             print(f"{bundle:<18} {CONFIGS[workflow_type]:<15} {seconds:>8.1f} {written:>11}", flush=True)
 
 

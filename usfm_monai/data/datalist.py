@@ -486,8 +486,8 @@ def materialize(*objects: Any) -> None:
     Each object is a :class:`DeferredDatalist`, a :class:`~usfm_monai.data.dataset.DeferredCacheDataset` (whose
     cache is then filled), or a dataset whose ``data`` is deferred (anything with a ``materialize()`` method, such
     as :class:`~usfm_monai.data.inference_inputs.SyntheticImageItems`); anything else (a real datalist, a dataset
-    over one, ``None``) is left alone. Calling it in the main process before the
-    loaders start writes the files once, instead of in the first DataLoader worker that reads an item.
+    over one, ``None``) is left alone. Calling it in the main process before the loaders start writes the files
+    once, instead of in the first DataLoader worker that reads an item.
     """
     for obj in objects:
         for target in (obj, getattr(obj, "data", None)):
