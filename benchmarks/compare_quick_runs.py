@@ -11,9 +11,9 @@ A refactor that claims "behaviour unchanged" is measured with it::
 
 ``run`` runs each bundle of ``--repo`` with ``PYTHONPATH=--repo`` and one thread (so the two sides use the same
 kernels), on the bundle's synthetic default, at one fixed path (``--work_dir``, the same for both sides: absolute
-paths reach some results), and then moves the results to ``--out``. Run the two sides one after the other. ``compare`` prints one row
-per bundle and kind: how many values were compared and the largest absolute difference, marked ``same`` when it
-is at most ``--atol`` (1e-6).
+paths reach some results), and then moves the results to ``--out``; run the two sides one after the other.
+``compare`` prints one row per bundle and kind: how many values were compared and the largest absolute
+difference, marked ``same`` when it is at most ``--atol`` (1e-6).
 """
 
 from __future__ import annotations
@@ -145,8 +145,8 @@ def collect(bundle_dir: str) -> dict[str, dict]:
     """What a bundle run wrote, by kind: ``scalars`` (TensorBoard), ``eval_csv`` and ``eval_json`` (the numbers of
     the evaluation and inference tables and reports), ``weights`` (every tensor of ``models/*.pt``) and
     ``images`` (inference outputs)."""
-    return {"scalars": _scalars(bundle_dir), "eval_csv": _csv_numbers(bundle_dir), "eval_json": _json_numbers(bundle_dir),
-            "weights": _weights(bundle_dir), "images": _images(bundle_dir)}
+    return {"scalars": _scalars(bundle_dir), "eval_csv": _csv_numbers(bundle_dir),
+            "eval_json": _json_numbers(bundle_dir), "weights": _weights(bundle_dir), "images": _images(bundle_dir)}
 
 
 def _max_diff(a: dict, b: dict) -> tuple[int, float, list[str]]:

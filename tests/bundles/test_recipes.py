@@ -83,7 +83,8 @@ def test_weights_load_before_resuming_and_probing(bundle_of, bundle):
     """Handlers of one event run in attach order: the weights, then the resumed checkpoint, then LP-FT."""
     names = [h["_target_"].rsplit(".", 1)[-1] for h in bundle_of(bundle).load("train.json")["train"]["handlers"]]
     order = [n for n in names if n in ("EncoderWeightsLoader", "TrainingCheckpoint", "LinearProbeHeadInit")]
-    expected = ["EncoderWeightsLoader", "TrainingCheckpoint"] + (["LinearProbeHeadInit"] if bundle == "cls_busi" else [])
+    expected = ["EncoderWeightsLoader", "TrainingCheckpoint"]
+    expected += ["LinearProbeHeadInit"] if bundle == "cls_busi" else []
     assert order == expected
 
 

@@ -18,7 +18,9 @@ from typing import Any
 from usfm_monai.data.datalist import DeferredDatalist, resolve_datalist
 from usfm_monai.data.dicom import dicom_num_frames, is_dicom, read_dicom_header, ultrasound_region
 
-__all__ = ["IMAGE_EXTENSIONS", "list_image_files", "probe_image", "InferenceInputs", "SyntheticImageItems", "inference_items"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "InferenceInputs", "SyntheticImageItems", "inference_items", "list_image_files", "probe_image",
+]
 
 logger = logging.getLogger(__name__)
 
