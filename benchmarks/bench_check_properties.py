@@ -41,7 +41,8 @@ def check_properties_seconds(bundle: str, workflow_type: str, repo: str = REPO) 
 
             torch.manual_seed(0)
             overrides["usfm_weights"] = export_encoder(
-                create_usfm_encoder("base", img_size=224, in_chans=1), os.path.join(root, "usfm_encoder.pt")
+                create_usfm_encoder("base", img_size=224, in_chans=1, use_fc_norm=False),
+                os.path.join(root, "usfm_encoder.pt"),
             )
         start = time.perf_counter()
         workflow = ConfigWorkflow(

@@ -23,6 +23,8 @@ import time
 import torch
 from monai.bundle import ConfigParser
 
+from usfm_monai.data import materialize
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_CONFIG = os.path.join(REPO, "bundles", "pretrain_usfm", "configs", "train.json")
 
@@ -56,7 +58,9 @@ def build_pretrain_loader(
             "image_size": image_size,
         }
     )
-    return parser.get_parsed_content("train#dataloader")
+    loader = parser.get_parsed_content("train#dataloader")
+    materialize(loader.dataset)  # as the bundle's run step does: generate the synthetic data and fill the cache
+    return loader
 
 
 def _cpu_seconds(loader: torch.utils.data.DataLoader) -> float | None:

@@ -144,3 +144,13 @@ def test_reading_the_pretraining_config_writes_no_data():
 
     seconds, written = bench_check_properties.check_properties_seconds("pretrain_usfm", "infer")
     assert written == 0 and seconds > 0
+
+
+@pytest.mark.parametrize("cache_rate", [0.0, 1.0])
+def test_loader_benchmark_measures_the_cache_it_names(tmp_path, cache_rate):
+    from bench_loader import build_pretrain_loader
+
+    loader = build_pretrain_loader(str(tmp_path), 0, cache_rate, batch_size=2, num_images=20, load_size=40,
+                                   image_size=32)
+    assert loader.dataset.cache_num == round(cache_rate * len(loader.dataset)) and len(loader.dataset) > 0
+    assert next(iter(loader))["image"].shape[-2:] == (32, 32)
