@@ -1,21 +1,21 @@
 """Fine-tuning vs from-scratch recipes of the downstream bundles: layer decay follows the weights, class balance."""
 
-import os
-
 import pytest
 import torch
-from monai.bundle import ConfigParser
 
 from usfm_monai.data.synthetic import ensure_synthetic_dataset
 from usfm_monai.losses import balanced_class_weights
 from usfm_monai.networks.encoder import create_usfm_encoder
 from usfm_monai.networks.mim import export_encoder
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def _configs(bundle, *names):
-    return [os.path.join(REPO, "bundles", bundle, "configs", n) for n in names]
+@pytest.fixture
+def recipe(bundle_of, tmp_path):
+    """``recipe(name, *extra_files, **overrides)``: a parser of the bundle's ``train.json`` + ``quick.json`` (+ extra
+    files) at 128 px, writing under ``tmp_path``."""
+    return lambda name, *extra, **override: bundle_of(name).parser(
+        ["train.json", "quick.json", *extra], bundle_root=str(tmp_path), image_size=128, **override
+    )
 
 
 @pytest.fixture(scope="module")
@@ -26,41 +26,36 @@ def encoder_file(tmp_path_factory):
     return export_encoder(create_usfm_encoder("tiny", img_size=128, use_fc_norm=False), str(path))
 
 
-def _lr_scales(bundle, extra_files, tmp_path, **override):
-    parser = ConfigParser()
-    parser.read_config(_configs(bundle, "train.json", "quick.json", *extra_files))
-    parser.update({"bundle_root": str(tmp_path), "image_size": 128, **override})
+def _lr_scales(parser):
     lr = parser.get_parsed_content("learning_rate")
     groups = parser.get_parsed_content("optimizer").param_groups
     return sorted({round(g["lr"] / lr, 8) for g in groups})
 
 
 @pytest.mark.parametrize("bundle", ["cls_busi", "seg_tn3k"])
-def test_scratch_trains_every_layer_at_full_rate(bundle, tmp_path):
+def test_scratch_trains_every_layer_at_full_rate(bundle, recipe):
     # the default (pretrained: null) and the explicit scratch baseline: one learning rate for every group
-    assert _lr_scales(bundle, [], tmp_path) == [1.0]
+    assert _lr_scales(recipe(bundle)) == [1.0]
     baseline = {"cls_busi": "baseline_vit_scratch.json", "seg_tn3k": "baseline_upernet.json"}[bundle]
-    assert _lr_scales(bundle, [baseline], tmp_path) == [1.0]
+    assert _lr_scales(recipe(bundle, baseline)) == [1.0]
 
 
 @pytest.mark.parametrize("bundle", ["cls_busi", "seg_tn3k"])
-def test_fine_tuning_decays_learning_rate_with_depth(bundle, tmp_path, encoder_file):
-    scales = _lr_scales(bundle, [], tmp_path, pretrained=encoder_file, layer_decay_pretrained=0.65)
+def test_fine_tuning_decays_learning_rate_with_depth(bundle, recipe, encoder_file):
+    scales = _lr_scales(recipe(bundle, pretrained=encoder_file, layer_decay_pretrained=0.65))
     # 12 blocks + patch embedding + head: 14 distinct scales, the patch embedding at 0.65 ** 13
     assert len(scales) == 14
     assert scales[0] == pytest.approx(0.65**13, rel=1e-5) and scales[-1] == 1.0
     # an explicit --layer_decay still wins over the automatic choice
-    assert _lr_scales(bundle, [], tmp_path, layer_decay=1.0, pretrained=encoder_file) == [1.0]
+    assert _lr_scales(recipe(bundle, layer_decay=1.0, pretrained=encoder_file)) == [1.0]
 
 
 @pytest.mark.parametrize("bundle", ["cls_busi", "seg_tn3k"])
-def test_pretrained_encoder_loads_when_training_starts(bundle, tmp_path, encoder_file):
+def test_pretrained_encoder_loads_when_training_starts(bundle, recipe, encoder_file):
     """Building the network and the trainer reads no weights; the first train handler loads them at STARTED."""
     from usfm_monai.handlers import EncoderWeightsLoader
 
-    parser = ConfigParser()
-    parser.read_config(_configs(bundle, "train.json", "quick.json"))
-    parser.update({"bundle_root": str(tmp_path), "image_size": 128, "pretrained": encoder_file})
+    parser = recipe(bundle, pretrained=encoder_file)
     exported = torch.load(encoder_file, weights_only=True)["state_dict"]["patch_embed.proj.weight"]
     network = parser.get_parsed_content("network_def")
     with torch.no_grad():
@@ -88,13 +83,10 @@ def test_weights_load_before_resuming_and_probing(bundle_of, bundle):
     assert order == expected
 
 
-def test_classification_loss_is_class_balanced(tmp_path):
+def test_classification_loss_is_class_balanced(tmp_path, recipe):
     synthetic = str(tmp_path / "synthetic")
     ensure_synthetic_dataset(synthetic, "classification", num_images=30, image_size=64)
-    parser = ConfigParser()
-    parser.read_config(_configs("cls_busi", "train.json", "quick.json"))
-    parser.update({"bundle_root": str(tmp_path), "synthetic_dir": synthetic, "synthetic_num_images": 30,
-                   "synthetic_image_size": 64})
+    parser = recipe("cls_busi", synthetic_dir=synthetic, synthetic_num_images=30, synthetic_image_size=64)
     items = parser.get_parsed_content("train_datalist")
     weight = parser.get_parsed_content("loss").weight
     counts = torch.bincount(torch.tensor([it["label"] for it in items]), minlength=3).float()
@@ -119,14 +111,12 @@ def test_balanced_class_weights_errors():
         balanced_class_weights([{"label": 0}, {"label": "x"}], 2)
 
 
-def test_linear_probe_head_follows_the_weights(tmp_path, encoder_file):
+def test_linear_probe_head_follows_the_weights(recipe, encoder_file):
     """LP-FT (head set to a linear probe of the frozen features) is on with pretrained weights only."""
 
     def lp_ft(*extra, **override):
-        parser = ConfigParser()
-        parser.read_config(_configs("cls_busi", "train.json", "quick.json", *extra))
-        parser.update({"bundle_root": str(tmp_path), "image_size": 128, **override})
-        (handler,) = [h for h in parser.get_parsed_content("train#handlers") if type(h).__name__ == "LinearProbeHeadInit"]
+        handlers = recipe("cls_busi", *extra, **override).get_parsed_content("train#handlers")
+        (handler,) = [h for h in handlers if type(h).__name__ == "LinearProbeHeadInit"]
         return handler.enabled
 
     assert lp_ft() is False and lp_ft("baseline_vit_scratch.json") is False
