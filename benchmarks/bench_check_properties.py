@@ -55,15 +55,11 @@ def check_properties_seconds(bundle: str, workflow_type: str, repo: str = REPO) 
         seconds = time.perf_counter() - start
         if missing:
             raise RuntimeError(f"{bundle} {workflow_type}: check_properties reports {missing}")
-        written = len(_files(os.path.join(root, "data")))
+        written = sum(len(names) for _, _, names in os.walk(os.path.join(root, "data")))
         workflow.finalize()
         return seconds, written
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _files(root: str) -> set[str]:
-    return {os.path.join(d, f) for d, _, names in os.walk(root) for f in names}  # empty when root does not exist
 
 
 def main(argv: list[str] | None = None) -> None:

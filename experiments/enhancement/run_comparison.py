@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from usfm_monai.apps.bundle_runner import bundle_command, child_env, run_logged, write_run_args
+from usfm_monai.apps.bundle_runner import bundle_command, child_env, run_logged
+from usfm_monai.io import save_json_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLE = os.path.join(REPO, "bundles", "enhance_usenhance")
@@ -120,7 +121,7 @@ def run_cell(cell_dir: str, config_files: list[str], overrides: dict[str, Any]) 
         with open(result_path) as f:
             return json.load(f)
     os.makedirs(cell_dir, exist_ok=True)
-    args_file = write_run_args({"bundle_root": cell_dir, **overrides}, os.path.join(cell_dir, "run_args.json"))
+    args_file = save_json_atomic({"bundle_root": cell_dir, **overrides}, os.path.join(cell_dir, "run_args.json"))
     env = child_env({"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     timings = {}
     for phase, files in (("train", config_files), ("evaluate", config_files + [os.path.join(CONFIGS, "evaluate.json")])):
@@ -136,10 +137,7 @@ def run_cell(cell_dir: str, config_files: list[str], overrides: dict[str, Any]) 
     row.update({f"{m}_image_std": summary["metrics"][f"val_{m}"]["std"] for m in METRICS})
     row["n_test"] = summary["metrics"]["val_ssim"]["n"]
     row.update(timings)
-    tmp = result_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(row, f, indent=1)
-    os.replace(tmp, result_path)
+    save_json_atomic(row, result_path, indent=1)
     return row
 
 

@@ -276,35 +276,3 @@ def test_deferred_cache_dataset_fills_when_the_data_is_generated(tmp_path):
     assert torch.equal(torch.as_tensor(early[0]["image"]), torch.as_tensor(late[0]["image"]))
     # over a real datalist it is a plain CacheDataset
     assert not DeferredCacheDataset(list(items), transform(), cache_rate=1.0, progress=False).cache_pending
-
-
-@pytest.mark.parametrize("workflow_type", ["train", "infer"])
-@pytest.mark.parametrize("bundle", ["pretrain_usfm", "seg_tn3k", "cls_busi", "enhance_usenhance"])
-def test_check_properties_writes_no_synthetic_data(tmp_path, bundle, workflow_type):
-    """ConfigWorkflow.check_properties() builds the datasets, samplers and loaders (and the class weights); the
-    run step generates the data."""
-    from monai.bundle import ConfigWorkflow
-
-    configs = os.path.join(REPO, "bundles", bundle, "configs")
-    small = {"pretrain_usfm": {"encoder_size": "tiny", "load_size": 48, "image_size": 32, "mask_block_size": 8,
-                               "keep_size": 4, "synthetic_num_images": 24},
-             "seg_tn3k": {"encoder_size": "tiny", "image_size": 64, "synthetic_num_images": 8,
-                          "synthetic_image_size": 64},
-             "cls_busi": {"encoder_size": "tiny", "image_size": 64, "synthetic_num_images": 20,
-                          "synthetic_image_size": 64},
-             "enhance_usenhance": {"use_usfm_branch": False, "ngf": 8, "n_blocks": 1, "ndf": 8,
-                                   "synthetic_num_images": 40, "synthetic_image_size": 48, "image_size": 32}}[bundle]
-    config = {"train": "train.json", "infer": "inference.json"}[workflow_type]
-    workflow = ConfigWorkflow(
-        config_file=os.path.join(configs, config), meta_file=os.path.join(configs, "metadata.json"),
-        workflow_type=workflow_type, bundle_root=str(tmp_path), num_workers=0, **small,
-    )
-    workflow.initialize()
-    assert not workflow.check_properties()
-    assert not (tmp_path / "data").exists()
-    workflow.parser.get_parsed_content("run#0")  # the run step's first expression generates the dataset
-    assert len(os.listdir(tmp_path / "data")) == 1
-    datasets = ("train#dataset", "validate#dataset") if workflow_type == "train" else ("dataset",)
-    for name in datasets:
-        dataset = workflow.parser.get_parsed_content(name)
-        assert os.path.isfile(dataset.data[0]["image"]) and not getattr(dataset, "cache_pending", False)

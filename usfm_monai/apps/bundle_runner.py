@@ -12,11 +12,10 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-from usfm_monai.io import read_json, save_text_atomic
+from usfm_monai.io import read_json
 
-__all__ = ["bundle_command", "child_env", "read_metrics", "run_logged", "write_run_args"]
+__all__ = ["bundle_command", "child_env", "read_metrics", "run_logged"]
 
 
 def bundle_command(
@@ -25,20 +24,14 @@ def bundle_command(
     python: str = sys.executable,
     logging_file: str | None = None,
 ) -> list[str]:
-    """The ``monai.bundle run`` command line for ``config_files``, every other argument in ``args_file`` (see
-    :func:`write_run_args`; ``None``: no overrides)."""
+    """The ``monai.bundle run`` command line for ``config_files``, every other argument in ``args_file`` (a JSON
+    object, e.g. written by :func:`usfm_monai.io.save_json_atomic`; ``None``: no overrides)."""
     cmd = [python, "-m", "monai.bundle", "run", "--config_file", json.dumps(list(config_files))]
     if args_file is not None:
         cmd += ["--args_file", args_file]
     if logging_file is not None:
         cmd += ["--logging_file", logging_file]
     return cmd
-
-
-def write_run_args(args: Mapping[str, Any], path: str) -> str:
-    """Write a run's overrides as the JSON ``--args_file`` of :func:`bundle_command` (atomically); returns ``path``."""
-    save_text_atomic(json.dumps(dict(args), indent=2) + "\n", path)
-    return path
 
 
 def child_env(extra_env: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -32,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from usfm_monai.apps.bundle_runner import bundle_command, child_env, read_metrics, run_logged, write_run_args
-from usfm_monai.io import save_text_atomic
+from usfm_monai.apps.bundle_runner import bundle_command, child_env, read_metrics, run_logged
+from usfm_monai.io import save_json_atomic, save_text_atomic
 
 __all__ = ["run_seeds", "summarize_seeds"]
 
@@ -167,7 +166,7 @@ def run_seeds(
         root = os.path.join(output_dir, f"seed_{seed}")
         os.makedirs(root, exist_ok=True)
         args = {**overrides, "bundle_root": root, seed_key: seed}
-        args_file = write_run_args(args, os.path.join(root, "run_args.json"))
+        args_file = save_json_atomic(args, os.path.join(root, "run_args.json"))
         logger.info(f"seed {seed}: running {configs} into {root}")
         _run(bundle_command(configs, args_file, python, logging_file), os.path.join(root, "train.log"), run_env,
              f"seed {seed} run of {configs}")
@@ -188,7 +187,7 @@ def run_seeds(
         "eval_config_files": eval_configs,
         "overrides": overrides,
     }
-    save_text_atomic(json.dumps(summary, indent=2) + "\n", os.path.join(output_dir, "seeds_summary.json"))
+    save_json_atomic(summary, os.path.join(output_dir, "seeds_summary.json"))
     names = list(summary_metrics)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

@@ -67,7 +67,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from usfm_monai.apps.bundle_runner import bundle_command, child_env, read_metrics, run_logged, write_run_args
+from usfm_monai.apps.bundle_runner import bundle_command, child_env, read_metrics, run_logged
 from usfm_monai.apps.experiments.plots import (
     aggregate_results,
     plot_ablation,
@@ -78,7 +78,7 @@ from usfm_monai.data.subsets import (
     make_pretrain_datalist,
     subset_filename,
 )
-from usfm_monai.io import save_text_atomic
+from usfm_monai.io import save_json_atomic, save_text_atomic
 
 __all__ = ["CellRunner", "GridError", "load_preset", "plan_grid", "run_grid"]
 
@@ -105,10 +105,6 @@ class GridError(RuntimeError):
     def __init__(self, message: str, failures: list[dict[str, Any]]) -> None:
         super().__init__(message)
         self.failures = failures
-
-
-def _write_json(data: Any, path: str) -> None:
-    save_text_atomic(json.dumps(data, indent=2) + "\n", path)
 
 
 def _read_json(path: str) -> Any:
@@ -496,7 +492,7 @@ def _write_tables(rows: list[dict[str, Any]], failures: list[dict[str, Any]], ou
                   [[s["task"], s["method"], s["ratio"], s["metric"], s["mean"], s["std"], s["n"]] for s in summary]),
         paths["summary_csv"],
     )
-    _write_json({**meta, "results": rows, "summary": summary, "failures": failures}, paths["results_json"])
+    save_json_atomic({**meta, "results": rows, "summary": summary, "failures": failures}, paths["results_json"])
     return paths
 
 
@@ -579,7 +575,7 @@ def run_grid(
         os.makedirs(step["root"], exist_ok=True)
         if step["datalist"] is not None:
             make_pretrain_datalist(step["datalist"]["from"], step["datalist"]["output"], step["datalist"]["organ"])
-        write_run_args(step["args"], step["args_file"])
+        save_json_atomic(step["args"], step["args_file"])
         t0 = time.monotonic()
         error = _run_step(step["cmd"], step["log"], runner, env)
         if error is None and not os.path.isfile(step["encoder"]):
@@ -589,7 +585,7 @@ def run_grid(
             failures.append({"step": "pretraining", "name": step["name"], "error": error, "log": step["log"]})
             _log(f"pretraining {step['name']} FAILED: {error}", start)
             continue
-        _write_json({"name": step["name"], "encoder": step["encoder"], "seconds": time.monotonic() - t0}, step["done"])
+        save_json_atomic({"name": step["name"], "encoder": step["encoder"], "seconds": time.monotonic() - t0}, step["done"])
         _log(f"pretraining {step['name']}: done in {time.monotonic() - t0:.0f} s", start)
 
     for task in plan["tasks"].values():
@@ -613,7 +609,7 @@ def run_grid(
             continue
         num_run += 1
         os.makedirs(cell["root"], exist_ok=True)
-        write_run_args(cell["args"], cell["args_file"])
+        save_json_atomic(cell["args"], cell["args_file"])
         error = None
         if os.path.isfile(cell["train_done"]):
             train_seconds = _read_json(cell["train_done"]).get("seconds")
@@ -624,7 +620,7 @@ def run_grid(
             error = _run_step(cell["train_cmd"], cell["train_log"], runner, env)
             train_seconds = time.monotonic() - t0
             if error is None:
-                _write_json({"seconds": train_seconds}, cell["train_done"])
+                save_json_atomic({"seconds": train_seconds}, cell["train_done"])
         eval_seconds = None
         if error is None:
             _log(f"{label}: evaluating (log {cell['eval_log']})", start)
@@ -650,7 +646,7 @@ def run_grid(
             "num_train_items": num_items, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
             "metrics": metrics, "datalist_file": cell["args"]["datalist_file"], "bundle_root": cell["root"],
         }
-        _write_json(row, cell["result"])  # written last: its presence marks the cell finished
+        save_json_atomic(row, cell["result"])  # written last: its presence marks the cell finished
         rows.append(row)
         _log(f"{label}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), start)
 
